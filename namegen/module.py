@@ -1,0 +1,102 @@
+"""The LightningModule: loss, metrics, optimizer and what a checkpoint carries."""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+
+from namegen.config import Config
+from namegen.data import IGNORE
+from namegen.model import GRULanguageModel
+
+CHECKPOINT_FORMAT = 1
+
+
+class NameGenModule(pl.LightningModule):
+    """Trains a ``GRULanguageModel`` on next-character prediction.
+
+    ``train/loss`` and ``val/loss`` are the mean negative log-likelihood per
+    predicted character (nats), weighted by characters across the whole epoch,
+    not a mean of batch means; ``val/ppl`` is ``exp(val/loss)``.
+
+    ``meta`` is stored in every checkpoint under ``"namegen"``, in plain types
+    (so ``torch.load(weights_only=True)`` reads it): config, vocabulary, the
+    size's name and the training file's path and sha256. With it a checkpoint
+    rebuilds the model with nothing else at hand.
+    """
+
+    def __init__(self, config: Config, vocab_chars: list[str], meta: dict | None = None):
+        super().__init__()
+        self.config = config
+        self.vocab_chars = list(vocab_chars)
+        self.meta = dict(meta or {})
+        self.model = GRULanguageModel.from_config(config, vocab_size=len(self.vocab_chars) + 2)
+        self.train_nll = MeanMetric()
+        self.val_nll = MeanMetric()
+
+    def forward(self, idx: torch.Tensor, h: torch.Tensor | None = None):
+        return self.model(idx, h)
+
+    def _token_nll(self, batch) -> torch.Tensor:
+        """Per-character NLL of the real (non-padding) targets, flattened: (n_chars,)."""
+        x, y = batch  # (B, T), (B, T)
+        logits, _ = self.model(x)  # (B, T, V)
+        nll = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), ignore_index=IGNORE, reduction="none"
+        )
+        return nll[y.reshape(-1) != IGNORE]
+
+    def training_step(self, batch, batch_idx):
+        nll = self._token_nll(batch)
+        loss = nll.mean()
+        self.train_nll.update(loss.detach(), weight=nll.numel())
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/loss", self.train_nll.compute(), on_epoch=True)
+        self.train_nll.reset()
+
+    def validation_step(self, batch, batch_idx):
+        self.val_nll.update(self._token_nll(batch))
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_nll.compute()  # synced across processes by torchmetrics
+        self.val_nll.reset()
+        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/ppl", torch.exp(loss))
+
+    def configure_optimizers(self):
+        cfg = self.config
+        # Weight decay on matrices only; biases, embeddings' rows and norms are left alone.
+        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
+        no_decay = [p for n, p in self.model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
+        groups = [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        optimizer = opt_cls(groups, lr=cfg.lr)
+        if cfg.lr_schedule == "constant":
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+
+        def cosine(step: int) -> float:  # lr -> lr * 0.1 over the run
+            progress = min(step / total, 1.0)
+            return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["namegen"] = {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "vocab": self.vocab_chars,
+            "num_parameters": self.model.num_parameters(),
+            **self.meta,
+        }

@@ -1,0 +1,78 @@
+"""Batched sampling: every name of a call advances together, one step per character.
+
+The hidden state is carried from step to step, so each character costs one
+forward step for the whole batch; the prefix is never re-run.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from namegen.data import END, PAD
+from namegen.model import GRULanguageModel
+
+
+@torch.no_grad()
+def sample_ids(
+    model: GRULanguageModel,
+    n: int,
+    *,
+    max_len: int,
+    min_len: int = 1,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    prefix_ids: list[int] | None = None,
+    start_token: int = END,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[list[list[int]], torch.Tensor]:
+    """Sample ``n`` names as lists of character ids (end token stripped).
+
+    Returns the id lists and each name's log-probability under the model
+    (prefix characters included, temperature 1) as an ``(n,)`` tensor.
+    ``min_len``/``max_len`` count characters, prefix included: the end token is
+    masked out until ``min_len`` is reached, and a name that reaches
+    ``max_len`` stops there. Padding is never sampled.
+    """
+    prefix_ids = list(prefix_ids or [])
+    was_training = model.training
+    model.eval()
+    h = model.init_hidden(n, device)
+    token = torch.full((n, 1), start_token, dtype=torch.long, device=device)  # (n, 1)
+    logprob = torch.zeros(n, device=device)
+    out = torch.zeros(n, max_len, dtype=torch.long, device=device)  # (n, max_len) character ids
+    alive = torch.ones(n, dtype=torch.bool, device=device)
+    length = torch.zeros(n, dtype=torch.long, device=device)
+
+    for t in range(max_len + 1):
+        logits, h = model(token, h)  # logits: (n, 1, V), h: (n_layer, n, H)
+        logp = torch.log_softmax(logits[:, -1].float(), dim=-1)  # (n, V)
+        if t < len(prefix_ids):  # forced: condition the state on the prefix
+            nxt = torch.full((n,), prefix_ids[t], dtype=torch.long, device=device)
+        else:
+            scores = logits[:, -1].float() / temperature  # (n, V)
+            scores[:, PAD] = float("-inf")
+            if t < min_len:
+                scores[:, END] = float("-inf")
+            if t == max_len:  # out of room: the name ends here
+                scores[:, :] = float("-inf")
+                scores[:, END] = 0.0
+            if top_k is not None and top_k < scores.shape[-1]:
+                kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]  # (n, 1)
+                scores = scores.masked_fill(scores < kth, float("-inf"))
+            probs = torch.softmax(scores, dim=-1)
+            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (n,)
+        logprob += torch.where(alive, logp.gather(1, nxt[:, None]).squeeze(1), 0.0)
+        ended = nxt == END
+        if t < max_len:
+            out[:, t] = torch.where(alive & ~ended, nxt, 0)
+        length += (alive & ~ended).long()
+        alive &= ~ended
+        if not alive.any():
+            break
+        token = nxt[:, None]
+
+    model.train(was_training)
+    lengths = length.tolist()
+    rows = out.tolist()
+    return [row[:L] for row, L in zip(rows, lengths)], logprob.cpu()
