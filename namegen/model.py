@@ -104,7 +104,7 @@ class GRULanguageModel(nn.Module):
         )
 
     def init_hidden(self, batch: int, device=None) -> torch.Tensor:
-        return torch.zeros(self.n_layer, batch, self.n_hidden, device=device)
+        return torch.zeros(self.n_layer, batch, self.n_hidden, device=device, dtype=self.head.weight.dtype)
 
     def forward(self, idx: torch.Tensor, h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """idx: (B, T) token ids, h: (n_layer, B, H) or None -> logits (B, T, V), h (n_layer, B, H)."""

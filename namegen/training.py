@@ -25,6 +25,15 @@ def say(*args, **kwargs) -> None:
     print(*args, **kwargs, flush=True)
 
 
+def _display(path) -> str:
+    """A path as short as it can be said from the current directory."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def check_accelerator(accelerator: str) -> None:
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError(
@@ -122,14 +131,15 @@ def train(args: argparse.Namespace) -> float | None:
     if best is None:
         say("no validation ran, so no best.ckpt was written", file=sys.stderr)
     else:
-        say(f"best val/loss {best.item():.4f} (perplexity {best.exp().item():.3f}): {checkpoint.best_model_path}")
-        say(f"sample from it: python sample.py --ckpt {checkpoint.best_model_path}")
+        best_path = _display(checkpoint.best_model_path)
+        say(f"best val/loss {best.item():.4f} (perplexity {best.exp().item():.3f}): {best_path}")
+        say(f"sample from it: python sample.py --ckpt {best_path}")
     if wandb_logger is not None:
         import wandb
 
         run_dir = Path(wandb_logger.experiment.dir).parent
         offline = wandb_logger.experiment.settings.mode in ("offline", "dryrun")
         if offline:
-            say(f"W&B run saved offline; upload it with: wandb sync {run_dir}")
+            say(f"W&B run saved offline; upload it with: wandb sync {_display(run_dir)}")
         wandb.finish()
     return best.item() if best is not None else None

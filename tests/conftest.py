@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny data in tmp_path, the real names.txt, and a way to run the CLIs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_NAMES = ROOT.parent / "shared" / "names.txt"
+
+
+@pytest.fixture(autouse=True)
+def _offline_wandb(monkeypatch, tmp_path):
+    """Never talk to W&B servers from tests, and keep its files in tmp_path."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+@pytest.fixture(scope="session")
+def real_names() -> Path:
+    if not SHARED_NAMES.exists():
+        pytest.skip(f"{SHARED_NAMES} not present")
+    return SHARED_NAMES
+
+
+@pytest.fixture
+def names_file(tmp_path, real_names) -> Path:
+    """The first 400 names of names.txt: enough for a few batches, fast on CPU."""
+    path = tmp_path / "names.txt"
+    path.write_text("\n".join(real_names.read_text().splitlines()[:400]) + "\n", encoding="utf-8")
+    return path
+
+
+def run_cli(script: str, *args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run train.py / sample.py in a fresh Python process, as a user would."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        cwd=cwd or ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

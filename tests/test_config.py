@@ -1,0 +1,43 @@
+import pytest
+
+from namegen.config import SIZES, Config, load_config
+from namegen.errors import UserError
+
+TABLE = {  # the notebook's table: layers, embd, hidden, epochs, lr, batch, block, dropout, optimizer
+    "small": (1, 64, 128, 35, 1e-3, 128, 12, 0.0, "adam"),
+    "medium": (2, 96, 256, 40, 5e-4, 128, 16, 0.1, "adam"),
+    "large": (3, 128, 512, 60, 3e-4, 256, 20, 0.2, "adamw"),
+}
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_configs_carry_the_notebook_table(size):
+    c = load_config(size)
+    assert (c.n_layer, c.n_embd, c.n_hidden, c.max_epochs, c.lr, c.batch_size, c.block_size, c.dropout,
+            c.optimizer) == TABLE[size]
+    assert c.layer_norm == (size == "large")
+
+
+def test_unknown_key_is_an_error(tmp_path):
+    raw = load_config("small").to_dict() | {"n_heads": 4}
+    with pytest.raises(UserError, match="unknown key.*n_heads"):
+        Config.from_dict(raw)
+
+
+def test_wrong_type_and_missing_keys_are_errors(tmp_path):
+    raw = load_config("small").to_dict()
+    with pytest.raises(UserError, match="lr must be of type float"):
+        Config.from_dict(raw | {"lr": "fast"})
+    raw.pop("n_hidden")
+    with pytest.raises(UserError, match="missing key.*n_hidden"):
+        Config.from_dict(raw)
+
+
+def test_overrides_replace_only_given_values():
+    c = load_config("medium").replace(max_epochs=2, lr=None)
+    assert c.max_epochs == 2 and c.lr == 5e-4
+
+
+def test_unknown_size_is_a_clear_error():
+    with pytest.raises(UserError, match="unknown size 'tiny'"):
+        load_config("tiny")
