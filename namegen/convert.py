@@ -51,6 +51,8 @@ def convert(src: str | Path, dst: str | Path, force: bool = False) -> dict:
         obj = read_checkpoint(src)
     except UserError as exc:  # its messages name the --ckpt flag of sample.py
         raise UserError(str(exc).removeprefix("--ckpt: ")) from None
+    except Exception as exc:  # torch's unpickler fails in many ways on a file that is not a torch file
+        raise UserError(f"{src} is not a readable checkpoint ({type(exc).__name__}: {exc})"[:300]) from None
     if not is_notebook_checkpoint(obj):
         what = "already a namegen checkpoint" if "namegen" in obj else "not a notebook checkpoint"
         raise UserError(
