@@ -135,7 +135,7 @@ class NameGenerator:
         seen: set[str] = set()
         out, draws = [], 0
         while len(out) < n and draws < limit:
-            k = min(batch_size, limit - draws, max(2 * (n - len(out)), 64))
+            k = min(batch_size, limit - draws, max(2 * (n - len(out)), 256))
             draws += k
             for name, lp in draw(k):
                 if name in exclude or (unique and name in seen):

@@ -11,6 +11,8 @@ def _doctest_checkpoint(doctest_namespace, tmp_path):
     from namegen.model import GRULanguageModel
     from namegen.module import CHECKPOINT_FORMAT
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: one thread is faster on a busy CPU
     torch.manual_seed(0)
     config = load_config("small").replace(n_embd=8, n_hidden=16)
     vocab = list("abcdefghijklmnopqrstuvwxyz")
@@ -19,3 +21,5 @@ def _doctest_checkpoint(doctest_namespace, tmp_path):
             "num_parameters": model.num_parameters(), "size": "tiny",
             "data": {"path": None, "sha256": None, "n_names": None}}
     doctest_namespace["CKPT"] = write_checkpoint(tmp_path / "tiny.ckpt", meta, model.state_dict())
+    yield
+    torch.set_num_threads(threads)
