@@ -145,9 +145,10 @@ class NameGenerator:
                 if len(out) == n:
                     break
         if len(out) < n:
-            wanted = " and ".join(w for w, on in (("distinct", unique), ("new", bool(exclude))) if on)
+            wanted = " and ".join(w for w, on in (("distinct", unique), ("new", bool(exclude))) if on) or "allowed"
+            bound = "max_draws" if max_draws is not None else "the bound, 20 x n + 1000"
             raise NotEnoughNames(
-                f"only {len(out)} of {n} {wanted} names after {draws} draws (the bound is 20 x n + 1000); "
+                f"only {len(out)} of {n} {wanted} names after {draws} draws ({bound}); "
                 "ask for fewer, or loosen --max-len/--min-len/--prefix/--top-k/--temperature",
                 found=out,
             )
