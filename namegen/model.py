@@ -47,9 +47,13 @@ class GRUCell(nn.Module):
 
         Columns are [reset | update | candidate]; the gate biases are folded in.
         """
-        weight = torch.cat([self.Wrx.weight, self.Wzx.weight, self.Wx.weight])  # (3H, n_in)
-        bias = torch.cat([self.Wrx.bias + self.bias_r, self.Wzx.bias + self.bias_z, self.Wx.bias])  # (3H,)
-        return F.linear(x, weight, bias)
+        return F.linear(x, *self.input_weights())
+
+    def input_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W_in (3H, n_in), b_in (3H,)): the input maps [reset | update | candidate], gate biases folded in."""
+        weight = torch.cat([self.Wrx.weight, self.Wzx.weight, self.Wx.weight])
+        bias = torch.cat([self.Wrx.bias + self.bias_r, self.Wzx.bias + self.bias_z, self.Wx.bias])
+        return weight, bias
 
     def hidden_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(W_rz (2H, H), W_h (H, H)): the two hidden-side matmuls a step needs."""
@@ -67,96 +71,98 @@ class GRUCell(nn.Module):
 
 # ------------------------------------------------------------------------------- one layer, all steps
 #
-# Autograd recording every small op of every step costs more than the math at these
-# sizes on a CPU, so a whole layer's recurrence is one autograd node with a
-# hand-written backward (checked against autograd by gradcheck in float64, see
-# tests/test_speed_paths.py). Tensors are time-major, (T, B, ...), so step t is a
-# contiguous slice. Per step: forward 2 matmuls, backward 2 matmuls; the weight
-# gradients are 3 matmuls over all T*B rows after the backward loop.
+# At these sizes on a CPU, recording every small op of every step for autograd costs
+# more than the math, so a whole layer (input projection + recurrence) is one autograd
+# node with a hand-written backward, checked against autograd by gradcheck in float64
+# (tests/test_speed_paths.py). Tensors are time-major, (T, B, ...), so step t is a
+# contiguous slice. Per step the forward runs 2 matmuls and 4 elementwise ops, written
+# in place into one preallocated buffer; the backward runs 2 matmuls and 5 elementwise
+# ops, because every factor that depends only on the forward's activations is computed
+# for all steps at once before the backward loop; the weight gradients are single
+# matmuls over all T*B rows after it.
 
 
-def _recurrence(gx, h0, w_rz, w_h, mask, save: bool):
-    """Run the fused cell over all steps. Returns out (T, B, H) and (rz, n, q) buffers.
+def _layer_forward(x, w_in, b_in, h0, w_rz, w_h, mask):
+    """One layer over all steps. Returns out (T, B, H), gates (T, B, 3H) = [r | z | ñ], q (T, B, H).
 
-    gx: (T, B, 3H) input terms [reset | update | candidate], biases folded in;
-    h0: (B, H); w_rz: (2H, H); w_h: (H, H); mask: (T, B, H) dropout mask already
-    scaled by 1/(1-p), or None. out[t] is the (dropped) state step t+1 sees.
-    With ``save`` the buffers keep every step (for the backward), else one step.
+    x: (T, B, n_in); w_in: (3H, n_in), b_in: (3H,) the input maps [reset | update | candidate]
+    with the gate biases folded in; h0: (B, H); w_rz: (2H, H); w_h: (H, H); mask: (T, B, H)
+    dropout mask scaled by 1/(1-p), or None. out[t] is the (dropped) state step t+1 sees.
     """
-    T, B, _ = gx.shape
+    T, B, n_in = x.shape
     H = h0.shape[-1]
-    out = gx.new_empty(T, B, H)
-    steps = T if save else 1
-    rz_all = gx.new_empty(steps, B, 2 * H)  # sigmoid gates r | z
-    n_all = gx.new_empty(steps, B, H)  # candidate ñ
-    q_all = gx.new_empty(steps, B, H)  # r * h_prev, the input of W_h
+    # all steps' input terms in one matmul; each step then adds its hidden terms in place
+    gates = torch.addmm(b_in, x.reshape(T * B, n_in), w_in.t()).view(T, B, 3 * H)  # (T, B, 3H)
+    out = x.new_empty(T, B, H)
+    q_all = x.new_empty(T, B, H)  # r * h_prev: the input of W_h, kept for its weight gradient
     w_rz_t, w_h_t = w_rz.t(), w_h.t()
     h = h0
     for t in range(T):
-        s = t if save else 0
-        g = gx[t]  # (B, 3H)
-        rz = torch.addmm(g[:, : 2 * H], h, w_rz_t, out=rz_all[s]).sigmoid_()  # (B, 2H): reset r | update z
+        rz = gates[t, :, : 2 * H].addmm_(h, w_rz_t).sigmoid_()  # (B, 2H): reset r | update z
         r, z = rz[:, :H], rz[:, H:]
-        q = torch.mul(r, h, out=q_all[s])  # (B, H): the reset past r * h
-        n = torch.addmm(g[:, 2 * H :], q, w_h_t, out=n_all[s]).tanh_()  # (B, H): candidate ñ
-        h_new = torch.sub(n, h, out=out[t]).mul_(z).add_(h)  # (B, H): h + z (ñ - h) == (1 - z) h + z ñ
+        q = torch.mul(r, h, out=q_all[t])  # (B, H): the reset past r * h
+        n = gates[t, :, 2 * H :].addmm_(q, w_h_t).tanh_()  # (B, H): candidate ñ
+        h = torch.lerp(h, n, z, out=out[t])  # (B, H): h + z (ñ - h) == (1 - z) h + z ñ
         if mask is not None:
-            h_new.mul_(mask[t])  # dropout inside the recurrence: the next step sees the dropped state
-        h = h_new
-    return out, (rz_all, n_all, q_all)
+            h.mul_(mask[t])  # dropout inside the recurrence: the next step sees the dropped state
+    return out, gates, q_all
 
 
-class _GRURecurrence(torch.autograd.Function):
-    """out = recurrence(gx, h0, w_rz, w_h; mask): one autograd node per layer."""
+class _GRULayer(torch.autograd.Function):
+    """out = layer(x, w_in, b_in, h0, w_rz, w_h; mask): one autograd node per layer."""
 
     @staticmethod
-    def forward(ctx, gx, h0, w_rz, w_h, mask):
-        out, (rz, n, q) = _recurrence(gx, h0, w_rz, w_h, mask, save=True)
-        ctx.save_for_backward(gx, h0, w_rz, w_h, mask, out, rz, n, q)
+    def forward(ctx, x, w_in, b_in, h0, w_rz, w_h, mask):
+        out, gates, q = _layer_forward(x, w_in, b_in, h0, w_rz, w_h, mask)
+        ctx.save_for_backward(x, w_in, h0, w_rz, w_h, mask, out, gates, q)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        gx, h0, w_rz, w_h, mask, out, rz_all, n_all, q_all = ctx.saved_tensors
+        x, w_in, h0, w_rz, w_h, mask, out, gates, q = ctx.saved_tensors
         T, B, H = out.shape
-        dgx = torch.empty_like(gx)  # (T, B, 3H): grads of the pre-activations [a_r | a_z | a_n]
-        dh = torch.zeros_like(h0)  # (B, H): grad reaching h_t from step t+1
+        r, z, n = gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H :]  # (T, B, H) each
+        h_prev = torch.cat([h0[None], out[:-1]])  # (T, B, H): the state each step saw
+        # Factors of the chain rule that depend only on the forward, for all steps at once.
+        # g = the grad of a step's undropped output h'_t = h_prev + z (ñ - h_prev); with the
+        # dropout mask m, g = m * (grad of the dropped h_t), so m is folded into the factors.
+        m = 1.0 if mask is None else mask
+        f_n = (1 - n * n).mul_(z).mul_(m)  # dL/da_n = g z (1 - ñ²), a_n: candidate pre-activation
+        f_z = (n - h_prev).mul_(z).mul_(1 - z).mul_(m)  # dL/da_z = g (ñ - h) z (1 - z)
+        f_r = (r * (1 - r)).mul_(h_prev)  # dL/da_r = dq h_prev r (1 - r), dq = grad of q = r h_prev
+        f_h = (1 - z).mul_(m)  # direct path: dL/dh_prev += g (1 - z)
+        dgates = torch.empty_like(gates)  # (T, B, 3H): grads of the pre-activations [a_r | a_z | a_n]
+        dout = dout.contiguous()
+        dh = dout[T - 1].clone()  # (B, H): total grad of the dropped h_t
         for t in range(T - 1, -1, -1):
-            h_prev = out[t - 1] if t > 0 else h0  # (B, H)
-            r, z, n = rz_all[t, :, :H], rz_all[t, :, H:], n_all[t]
-            dh = dh + dout[t]  # (B, H): total grad of h_t
-            if mask is not None:
-                dh.mul_(mask[t])  # through the dropout: grad of the undropped h_t
-            da_r, da_z, da_n = dgx[t, :, :H], dgx[t, :, H : 2 * H], dgx[t, :, 2 * H :]
-            # candidate: h_t = h_prev + z (ñ - h_prev), ñ = tanh(a_n)
-            torch.mul(n, n, out=da_n).neg_().add_(1).mul_(z).mul_(dh)  # dL/da_n = dh z (1 - ñ²)
-            # update gate: z = sigmoid(a_z)
-            torch.sub(n, h_prev, out=da_z).mul_(dh).mul_(z).mul_(1 - z)  # dL/da_z = dh (ñ - h) z (1 - z)
-            dq = da_n @ w_h  # (B, H): grad of q = r * h_prev
-            # reset gate: r = sigmoid(a_r)
-            torch.mul(dq, h_prev, out=da_r).mul_(r).mul_(1 - r)  # dL/da_r = dq h_prev r (1 - r)
-            # grad of h_prev: through q, through both gates' hidden matmul, and the direct path
-            dh_prev = torch.addmm(dq.mul_(r), dgx[t, :, : 2 * H], w_rz)  # dq r + da_rz @ W_rz
-            dh = dh_prev.add_(dh * (1 - z))  # + dh (1 - z)
-        # weight gradients, batched over all steps: dW = sum_t da_t^T @ input_t
-        da_rz = dgx[:, :, : 2 * H].reshape(T * B, 2 * H)  # (T*B, 2H)
-        dw_rz = torch.mm(dgx[0, :, : 2 * H].t(), h0)  # (2H, H): step 0 saw h0
-        if T > 1:
-            dw_rz.addmm_(da_rz[B:].t(), out[:-1].reshape((T - 1) * B, H))  # steps 1.. saw out[t-1]
-        dw_h = torch.mm(dgx[:, :, 2 * H :].reshape(T * B, H).t(), q_all.reshape(T * B, H))  # (H, H)
-        return dgx, dh, dw_rz, dw_h, None
+            da_n = torch.mul(dh, f_n[t], out=dgates[t, :, 2 * H :])  # (B, H)
+            torch.mul(dh, f_z[t], out=dgates[t, :, H : 2 * H])  # (B, H): da_z
+            dq = da_n @ w_h  # (B, H)
+            torch.mul(dq, f_r[t], out=dgates[t, :, :H])  # (B, H): da_r
+            # grad of h_{t-1}: the direct path, plus the later loss terms at step t-1 ...
+            dh_prev = torch.addcmul(dout[t - 1], dh, f_h[t]) if t > 0 else dh * f_h[t]
+            dh_prev.addcmul_(dq, r[t])  # ... through q = r * h_prev ...
+            dh = dh_prev.addmm_(dgates[t, :, : 2 * H], w_rz)  # ... and through both gates' W_rz h_prev
+        # weight and input gradients, batched over all T*B rows
+        dg = dgates.view(T * B, 3 * H)
+        dx = torch.mm(dg, w_in).view_as(x)  # (T, B, n_in)
+        dw_in = torch.mm(dg.t(), x.reshape(T * B, -1))  # (3H, n_in)
+        db_in = dg.sum(0)  # (3H,)
+        dw_rz = torch.mm(dg[:, : 2 * H].t(), h_prev.view(T * B, H))  # (2H, H)
+        dw_h = torch.mm(dg[:, 2 * H :].t(), q.view(T * B, H))  # (H, H)
+        return dx, dw_in, db_in, dh, dw_rz, dw_h, None
 
 
-def gru_layer(gx: torch.Tensor, h0: torch.Tensor, w_rz: torch.Tensor, w_h: torch.Tensor,
-              mask: torch.Tensor | None = None) -> torch.Tensor:
-    """All T steps of one layer. gx: (T, B, 3H), h0: (B, H) -> out (T, B, H); out[-1] is the final state.
+def gru_layer(x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor, h0: torch.Tensor, w_rz: torch.Tensor,
+              w_h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """All T steps of one layer. x: (T, B, n_in), h0: (B, H) -> out (T, B, H); out[-1] is the final state.
 
-    Same math as stepping ``GRUCell.fused_step`` and multiplying each new state by ``mask[t]``.
+    Same math as ``GRUCell.fused_step`` stepped over ``GRUCell.input_projection(x)``, with each new
+    state multiplied by ``mask[t]``. Weights as ``GRUCell.input_weights()`` and ``hidden_weights()``.
     """
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (gx, h0, w_rz, w_h))
-    if needs_grad:
-        return _GRURecurrence.apply(gx, h0, w_rz, w_h, mask)
-    return _recurrence(gx, h0, w_rz, w_h, mask, save=False)[0]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, w_in, b_in, h0, w_rz, w_h)):
+        return _GRULayer.apply(x, w_in, b_in, h0, w_rz, w_h, mask)
+    return _layer_forward(x, w_in, b_in, h0, w_rz, w_h, mask)[0]
 
 
 class GRULanguageModel(nn.Module):
@@ -208,9 +214,8 @@ class GRULanguageModel(nn.Module):
         x = self.embedding(idx.t())  # (T, B, n_embd): time-major, step t is a contiguous slice
         h_last = []
         for layer, h_l in zip(self.layers, h):
-            gx = layer.input_projection(x)  # (T, B, 3H), every step at once
-            w_rz, w_h = layer.hidden_weights()
-            x = gru_layer(gx, h_l, w_rz, w_h, self._dropout_mask(T, B, gx))  # (T, B, H) feeds the next layer
+            mask = self._dropout_mask(T, B, x)  # (T, B, H) or None
+            x = gru_layer(x, *layer.input_weights(), h_l, *layer.hidden_weights(), mask)  # (T, B, H) feeds the next layer
             h_last.append(x[-1])  # (B, H): the final (dropped) state
         logits = self.head(self.norm(x))  # (T, B, V)
         return logits.transpose(0, 1).contiguous(), torch.stack(h_last)  # (B, T, V), (n_layer, B, H)

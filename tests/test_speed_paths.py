@@ -31,19 +31,19 @@ def _reference_layer(cell, x, h0, mask=None):
 
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_gradcheck_layer_recurrence(with_mask):
-    """float64 gradcheck of the hand-written backward, w.r.t. input terms, h0 and both hidden weights."""
+    """float64 gradcheck of the hand-written backward w.r.t. the input, h0 and every weight."""
     cell, x, h0 = _layer_inputs()
     T, B, H = x.shape[0], x.shape[1], h0.shape[1]
     mask = None
     if with_mask:  # a fixed dropout mask (p = 0.4), scaled as nn.Dropout scales
         mask = (torch.rand(T, B, H, generator=torch.Generator().manual_seed(3), dtype=torch.float64) > 0.4) / 0.6
         assert 0 < (mask == 0).sum() < mask.numel()
-    gx = cell.input_projection(x).detach().requires_grad_()
+    w_in, b_in = (w.detach().requires_grad_() for w in cell.input_weights())
     w_rz, w_h = (w.detach().requires_grad_() for w in cell.hidden_weights())
-    h0 = h0.requires_grad_()
-    assert torch.autograd.gradcheck(lambda *a: gru_layer(*a, mask), (gx, h0, w_rz, w_h))
+    x, h0 = x.requires_grad_(), h0.requires_grad_()
+    assert torch.autograd.gradcheck(lambda *a: gru_layer(*a, mask), (x, w_in, b_in, h0, w_rz, w_h))
     # and the forward is the plain cell stepped with the mask applied to each new state
-    torch.testing.assert_close(gru_layer(gx, h0, w_rz, w_h, mask), _reference_layer(cell, x, h0, mask),
+    torch.testing.assert_close(gru_layer(x, w_in, b_in, h0, w_rz, w_h, mask), _reference_layer(cell, x, h0, mask),
                                atol=1e-10, rtol=0)
 
 
