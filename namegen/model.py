@@ -126,11 +126,13 @@ class _GRULayer(torch.autograd.Function):
         # Factors of the chain rule that depend only on the forward, for all steps at once.
         # g = the grad of a step's undropped output h'_t = h_prev + z (ñ - h_prev); with the
         # dropout mask m, g = m * (grad of the dropped h_t), so m is folded into the factors.
-        m = 1.0 if mask is None else mask
-        f_n = (1 - n * n).mul_(z).mul_(m)  # dL/da_n = g z (1 - ñ²), a_n: candidate pre-activation
-        f_z = (n - h_prev).mul_(z).mul_(1 - z).mul_(m)  # dL/da_z = g (ñ - h) z (1 - z)
-        f_r = (r * (1 - r)).mul_(h_prev)  # dL/da_r = dq h_prev r (1 - r), dq = grad of q = r h_prev
-        f_h = (1 - z).mul_(m)  # direct path: dL/dh_prev += g (1 - z)
+        # (sigmoid_backward(g, y) = g y (1 - y), tanh_backward(g, y) = g (1 - y²): one fused op each)
+        zm = z if mask is None else z * mask
+        f_n = torch.ops.aten.tanh_backward(zm, n)  # dL/da_n = g z (1 - ñ²), a_n: candidate pre-activation
+        d = n - h_prev if mask is None else (n - h_prev).mul_(mask)
+        f_z = torch.ops.aten.sigmoid_backward(d, z)  # dL/da_z = g (ñ - h) z (1 - z)
+        f_r = torch.ops.aten.sigmoid_backward(h_prev, r)  # dL/da_r = dq h_prev r (1 - r), dq: grad of q = r h
+        f_h = 1 - z if mask is None else mask - zm  # direct path: dL/dh_prev += g (1 - z)
         dgates = torch.empty_like(gates)  # (T, B, 3H): grads of the pre-activations [a_r | a_z | a_n]
         dout = dout.contiguous()
         dh = dout[T - 1].clone()  # (B, H): total grad of the dropped h_t
