@@ -327,7 +327,11 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "names.txt"),
                    help="names file (default: ../shared/names.txt, else data/names.txt)")
     p.add_argument("--out", default=str(ROOT / "bench" / "RESULTS.md"), help="where to write the table")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (default: 1; on a shared, loaded CPU more threads than free "
+                        "cores make OpenMP spin-wait and every figure far noisier)")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     skip = set(filter(None, args.skip.split(",")))
     fraction = args.epoch_fraction or (0.25 if args.quick else 1.0)
