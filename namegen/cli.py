@@ -78,6 +78,10 @@ def train_parser() -> Parser:
                    help="replace checkpoints from an earlier run in --out (without it, train.py refuses to)")
     p.add_argument("--group-by-length", action="store_true",
                    help="batch names of similar length together (less padding, faster epochs)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (CUDA: mode reduce-overhead, CUDA graphs); off by default. "
+                        "Each distinct batch length compiles once: minutes of compiling up front, worth it "
+                        "only for long runs")
     g = p.add_argument_group("Lightning Trainer (passed through)")
     g.add_argument("--accelerator", default="auto", help="auto, cpu or gpu (default: auto)")
     g.add_argument("--devices", type=_devices, default="auto", help="number of devices, or a list such as 0,1 (default: auto)")
@@ -148,6 +152,8 @@ def sample_parser() -> Parser:
                    help="longest name in characters (default: the model's block_size)")
     p.add_argument("--min-len", type=positive_int, default=1, help="shortest name in characters (default: 1)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model before sampling (CUDA: CUDA graphs); pays off only for large -n")
     return p
 
 
@@ -160,6 +166,10 @@ def sample_main(argv=None) -> int:
     if str(path) != args.ckpt:
         print(f"using {path}", file=sys.stderr)
     gen = NameGenerator.from_checkpoint(path, device=args.device)
+    if args.compile:
+        from namegen.model import compile_model
+
+        compile_model(gen.model, gen.device.type)
     names = gen.sample(
         args.num,
         temperature=args.temperature,

@@ -251,3 +251,27 @@ class GRULanguageModel(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def compile_model(model: nn.Module, device_type: str = "cpu", backend: str | None = None) -> nn.Module:
+    """torch.compile ``model`` in place (``nn.Module.compile``: state_dict keys do not change).
+
+    On CUDA the mode is ``reduce-overhead`` (CUDA graphs remove the per-step launch
+    overhead of the recurrence); elsewhere the default mode. The step loop is unrolled
+    per sequence length, so each distinct batch length compiles once: the recompile
+    limit is raised to cover every length of a names file. ``backend`` is for tests
+    (``aot_eager`` traces without generating code).
+    """
+    import torch._dynamo.config as dynamo_config
+
+    if hasattr(dynamo_config, "recompile_limit"):
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
+    else:  # older torch
+        dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, 64)
+    kwargs: dict = {"dynamic": False}
+    if backend is not None:
+        kwargs["backend"] = backend
+    elif device_type == "cuda":
+        kwargs["mode"] = "reduce-overhead"
+    model.compile(**kwargs)
+    return model
