@@ -278,7 +278,13 @@ def train(args: argparse.Namespace) -> float | None:
         run_dir = Path(wandb_logger.experiment.dir).parent
         offline = wandb_logger.experiment.settings.mode in ("offline", "dryrun")
         if offline:
-            say(f"W&B run saved offline; upload it with: wandb sync {_display(run_dir)}")
+            run_id = wandb_logger.experiment.id
+            parts = sorted(run_dir.parent.glob(f"offline-run-*-{run_id}"))
+            if len(parts) > 1:  # a resumed run: one directory per process, synced in order into one run
+                say(f"W&B run {run_id} saved offline in {len(parts)} parts; upload it with: "
+                    f"wandb sync {_display(run_dir.parent)}/offline-run-*-{run_id}")
+            else:
+                say(f"W&B run saved offline; upload it with: wandb sync {_display(run_dir)}")
         wandb.finish()
     return best.item() if best is not None else None
 

@@ -161,6 +161,7 @@ def test_one_wandb_run_across_the_three_processes(scenario):
     (run_id,) = ids
     assert torch.load(out / "last.ckpt", weights_only=True)["namegen"]["wandb_run_id"] == run_id
     assert f"(W&B run {run_id})" in scenario["c_out"]
+    assert f"in 3 parts; upload it with: wandb sync run/wandb/offline-run-*-{run_id}" in scenario["c_out"]
 
 
 # ------------------------------------------------------------------ resume errors (in-process)
