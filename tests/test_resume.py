@@ -41,11 +41,19 @@ def _start(cwd: Path, *args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
+_seen: dict = {}
+
+
 def _last_epoch(out: Path):
+    """The epoch of <out>/last.ckpt (read again only when the file changed); None while there is none."""
     try:
-        return torch.load(out / "last.ckpt", weights_only=True)["epoch"]
-    except (FileNotFoundError, RuntimeError, EOFError):
+        stat = (out / "last.ckpt").stat()
+    except FileNotFoundError:
         return None
+    key = (str(out), stat.st_ino, stat.st_mtime_ns)
+    if key not in _seen:
+        _seen[key] = torch.load(out / "last.ckpt", weights_only=True)["epoch"]  # atomic writes: never partial
+    return _seen[key]
 
 
 def _csv_rows(out: Path) -> list[dict]:
@@ -65,7 +73,7 @@ def _wait(proc: subprocess.Popen, condition, what: str, timeout: float = 240):
         if time.monotonic() > deadline:
             proc.kill()
             pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
+        time.sleep(0.03)
 
 
 def _logged_in_epoch(out: Path, epoch: int) -> bool:
