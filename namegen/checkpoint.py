@@ -101,7 +101,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
         vocab = Vocab(meta["vocab"])
         config = Config.from_dict(meta["config"], source=f"{path}: config")
     except (KeyError, TypeError, ValueError, UserError) as exc:
-        raise UserError(f"--ckpt: {path} has an inconsistent vocabulary or config ({exc})") from None
+        detail = f"no {exc} entry" if isinstance(exc, KeyError) else str(exc)
+        raise UserError(f"--ckpt: {path} has an inconsistent vocabulary or config ({detail})") from None
     state = {k[len(_PREFIX):]: v for k, v in obj["state_dict"].items() if k.startswith(_PREFIX)}
     model = GRULanguageModel.from_config(config, vocab_size=len(vocab))
     try:

@@ -171,12 +171,14 @@ def _bad_checkpoints(tmp_path, good) -> dict:
     cases["config-vs-weights"] = (save("config.ckpt", bad_config), "do not match its own config and vocabulary")
     bad_config2 = dict(ckpt, namegen=dict(ckpt["namegen"], config=dict(ckpt["namegen"]["config"], n_hidden="big")))
     cases["config-type"] = (save("config2.ckpt", bad_config2), "inconsistent vocabulary or config")
+    no_config = dict(ckpt, namegen={k: v for k, v in ckpt["namegen"].items() if k != "config"})
+    cases["no-config"] = (save("noconfig.ckpt", no_config), "inconsistent vocabulary or config (no 'config' entry)")
     cases["a-list"] = (save("list.ckpt", [1, 2, 3]), "does not hold a checkpoint dictionary")
     return cases
 
 
 CKPT_CASES = ["missing", "directory", "truncated", "text", "other-project", "vocab-vs-weights", "vocab-not-chars",
-              "config-vs-weights", "config-type", "a-list"]
+              "config-vs-weights", "config-type", "no-config", "a-list"]
 
 
 @pytest.mark.parametrize("case", CKPT_CASES)
