@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pickle
-import zipfile
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,28 +55,48 @@ def resolve_checkpoint(path: str | Path, root: Path = Path("checkpoints")) -> Pa
     raise UserError(f"--ckpt: {path} not found; give the path of a .ckpt file (train.py prints it)")
 
 
-def read_checkpoint(path: Path) -> dict:
-    """``torch.load(weights_only=True)``: a file that would run code when unpickled is refused."""
+def read_checkpoint(path: Path, flag: str = "--ckpt") -> dict:
+    """``torch.load(weights_only=True)``: a file that would run code when unpickled is refused.
+
+    Any file that is not a readable checkpoint (missing, a directory, truncated,
+    text, a pickle of arbitrary objects) raises UserError naming ``flag`` and
+    the file; nothing in the file is ever executed.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{flag}: {path} not found; give the path of a .ckpt file (train.py prints it)")
     if path.is_dir():
-        raise UserError(f"--ckpt: {path} is a directory; give the path of a .ckpt file")
+        raise UserError(f"{flag}: {path} is a directory; give the path of a .ckpt file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. torch's "Detected pickle protocol 4" on foreign pickles
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling failed"
-        if "weights_only" in str(exc) or "global" in str(exc).lower():
+        text = str(exc)
+        if "Weights only load failed" in text:
+            glob = re.search(r"GLOBAL ([\w.]+)", text)
+            what = (f"it would call {glob.group(1)} when loaded" if glob
+                    else "it is a pickle of Python objects, not tensors and plain data")
             raise UserError(
-                f"--ckpt: {path} was refused: it holds Python objects that would run code when loaded "
-                f"(only tensors and plain data are accepted) [{first[:160]}]"
+                f"{flag}: {path} was refused and nothing in it was run: {what}; only checkpoints of tensors "
+                "and plain data are loaded (weights_only=True). Use a checkpoint that train.py wrote"
             ) from None
-        raise UserError(f"--ckpt: {path} is not a readable checkpoint ({first[:160]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{flag}: {path} is not a readable checkpoint ({_first_line(exc)})") from None
+    except Exception as exc:  # truncated zip, text file, garbage: torch raises many kinds
         raise UserError(
-            f"--ckpt: {path} is not a readable checkpoint (truncated or not a torch file: {first[:160]})"
+            f"{flag}: {path} is not a readable checkpoint: it is truncated, damaged or not a torch file "
+            f"({_first_line(exc)}); use the best.ckpt or last.ckpt that train.py wrote"
         ) from None
     if not isinstance(obj, dict):
-        raise UserError(f"--ckpt: {path} does not hold a checkpoint dictionary")
+        raise UserError(f"{flag}: {path} does not hold a checkpoint dictionary (it holds a {type(obj).__name__})")
     return obj
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    first = first.split(". ")[0]  # torch's messages run on ("This is an internal miniz error. If ...")
+    return f"{type(exc).__name__}: {first[:160]}"
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -99,7 +120,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
         vocab = Vocab(meta["vocab"])
         config = Config.from_dict(meta["config"], source=f"{path}: config")
     except (KeyError, TypeError, ValueError, UserError) as exc:
-        raise UserError(f"--ckpt: {path} has an inconsistent vocabulary or config ({exc})") from None
+        detail = f"no {exc} entry" if isinstance(exc, KeyError) else str(exc)
+        raise UserError(f"--ckpt: {path} has an inconsistent vocabulary or config ({detail})") from None
     state = {k[len(_PREFIX):]: v for k, v in obj["state_dict"].items() if k.startswith(_PREFIX)}
     model = GRULanguageModel.from_config(config, vocab_size=len(vocab))
     try:

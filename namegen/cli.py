@@ -42,13 +42,20 @@ def positive_float(text: str) -> float:
     return value
 
 
+INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT (128 + 2)
+
+
 def run(main, argv=None) -> int:
-    """Call ``main(argv)``; turn a UserError into ``error: ...`` and exit status 2."""
+    """Call ``main(argv)``; turn a UserError into ``error: ...`` and exit status 2,
+    and a Ctrl-C outside training into one line and exit status 130."""
     try:
         return main(argv) or 0
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 # ----------------------------------------------------------------------------- train.py
@@ -62,7 +69,7 @@ def train_parser() -> Parser:
         description="Train a GRU name generator with the Lightning Trainer. Hyperparameters come from "
         "configs/<model>.yaml; the flags below override them.",
     )
-    p.add_argument("--model", default="small",
+    p.add_argument("--model", default=None,
                    help=f"size to train: {', '.join(SIZES)} (reads configs/<size>.yaml), or a path to a config .yaml "
                         "(default: small)")
     p.add_argument("--data", default=None,
@@ -77,6 +84,10 @@ def train_parser() -> Parser:
                    "shuffling (default: the config's seed, 42)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace checkpoints from an earlier run in --out (without it, train.py refuses to)")
+    p.add_argument("--resume", nargs="?", const="last", default=None, metavar="CKPT",
+                   help="continue an interrupted run: from <out>/last.ckpt, or from CKPT (then --out defaults "
+                        "to CKPT's directory). Epoch, optimizer, schedule and the W&B run carry on; the model's "
+                        "config and vocabulary come from the checkpoint, --max-epochs may raise the target")
     p.add_argument("--group-by-length", action="store_true",
                    help="batch names of similar length together (less padding, faster epochs)")
     p.add_argument("--compile", action="store_true",
@@ -106,12 +117,18 @@ def train_parser() -> Parser:
 
 def _int_or_float(text: str):
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         try:
-            return float(text)
+            value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer or a fraction, got {text!r}") from None
+        if not 0.0 <= value <= 1.0:
+            raise argparse.ArgumentTypeError(f"a fraction must be between 0.0 and 1.0, got {text}")
+        return value
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more batches, got {value}")
+    return value
 
 
 def _devices(text: str):
@@ -123,7 +140,9 @@ def _devices(text: str):
 
 
 def train_main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = train_parser().parse_args(argv)
+    args.argv = argv  # to print the exact command that resumes this run
     from namegen.training import train
 
     best = train(args)

@@ -68,7 +68,9 @@ def read_names(path: str | os.PathLike) -> list[str]:
             )
         names.append(name)
     if not names:
-        raise UserError(f"--data: {path} has no names (it is empty or only blank lines)")
+        raise UserError(
+            f"--data: {path} has no names (it is empty or only blank lines); pass a text file with one name per line"
+        )
     return names
 
 
@@ -316,6 +318,11 @@ class NamesDataModule(pl.LightningDataModule):
                     "nothing is truncated. Sampling stops at --max-len, which defaults to block_size.",
                     stacklevel=2,
                 )
+        if len(names) < 2:
+            raise UserError(
+                f"--data: {self.path} has only {len(names)} name; at least 2 are needed (80% train, 20% "
+                "validation), a few thousand for a useful model"
+            )
         self.names = names
         self.train_names, self.val_names = split_names(names, self.seed)
         self.train_set = NameBatches(*encode_names(self.train_names, self.vocab))

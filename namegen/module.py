@@ -58,7 +58,9 @@ class NameGenModule(pl.LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
-        self.log("train/loss", self.train_nll.compute(), on_epoch=True)
+        # compute() is already synced across processes; sync_dist=True (a mean of equal values) only
+        # tells Lightning so, instead of its "use sync_dist=True" warning under DDP.
+        self.log("train/loss", self.train_nll.compute(), on_epoch=True, sync_dist=True)
         self.train_nll.reset()
 
     def validation_step(self, batch, batch_idx):
@@ -67,8 +69,8 @@ class NameGenModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         loss = self.val_nll.compute()  # synced across processes by torchmetrics
         self.val_nll.reset()
-        self.log("val/loss", loss, prog_bar=True)
-        self.log("val/ppl", torch.exp(loss))
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("val/ppl", torch.exp(loss), sync_dist=True)
 
     def configure_optimizers(self):
         cfg = self.config
@@ -93,10 +95,40 @@ class NameGenModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["namegen"] = {
+        meta = {
             "format": CHECKPOINT_FORMAT,
             "config": self.config.to_dict(),
             "vocab": self.vocab_chars,
             "num_parameters": self.model.num_parameters(),
             **self.meta,
         }
+        run_id = _wandb_run_id(self._trainer)
+        if run_id:
+            meta["wandb_run_id"] = run_id  # --resume continues this W&B run
+        checkpoint["namegen"] = meta
+        # Random state, as tensors (weights_only-safe), so a resumed run's dropout continues the stream.
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint["namegen_rng"] = rng
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rng = checkpoint.get("namegen_rng")
+        if not isinstance(rng, dict):
+            return
+        if isinstance(rng.get("torch"), torch.Tensor):
+            torch.set_rng_state(rng["torch"])
+        cuda = rng.get("cuda")
+        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def _wandb_run_id(trainer) -> str | None:
+    if trainer is None:
+        return None
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger.version:
+            return str(logger.version)
+    return None

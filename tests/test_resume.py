@@ -1,0 +1,259 @@
+"""Interruption and resume with real processes and real signals.
+
+One scenario, three train.py processes, shared by the tests below:
+  A  trains toward 3 epochs and is SIGKILLed in the middle of epoch 2 (after epoch 1's last.ckpt);
+  B  --resume continues it and gets Ctrl-C (SIGINT to its process group, as a terminal sends) in epoch 3;
+  C  runs the resume command that B printed, and finishes.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import multiprocessing
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT
+from namegen.api import NameGenerator
+from namegen.checkpoint_io import atomic_torch_save, remove_stale_temporaries
+from namegen.cli import run, train_main
+
+EPOCHS = 3
+STEPS_PER_EPOCH = 40  # 160 training names in batches of 4
+
+
+def _env() -> dict:
+    # one thread per process: on a shared CPU, torch's thread pools otherwise spin against each other
+    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+
+
+def _start(cwd: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+_seen: dict = {}
+
+
+def _last_epoch(out: Path):
+    """The epoch of <out>/last.ckpt (read again only when the file changed); None while there is none."""
+    try:
+        stat = (out / "last.ckpt").stat()
+    except FileNotFoundError:
+        return None
+    key = (str(out), stat.st_ino, stat.st_mtime_ns)
+    if key not in _seen:
+        _seen[key] = torch.load(out / "last.ckpt", weights_only=True)["epoch"]  # atomic writes: never partial
+    return _seen[key]
+
+
+def _csv_rows(out: Path) -> list[dict]:
+    try:
+        with open(out / "metrics.csv", newline="") as f:
+            return list(csv.DictReader(f))
+    except FileNotFoundError:
+        return []
+
+
+def _wait(proc: subprocess.Popen, condition, what: str, timeout: float = 240):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"train.py exited ({proc.returncode}) before {what}:\n{err[-3000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.03)
+
+
+def _logged_in_epoch(out: Path, epoch: int) -> bool:
+    return any(r["epoch"] and int(r["epoch"]) == epoch and r["train/loss_step"] for r in _csv_rows(out))
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory, real_names):
+    tmp = tmp_path_factory.mktemp("resume")
+    (tmp / "names.txt").write_text("\n".join(real_names.read_text().splitlines()[:200]) + "\n")
+    out = tmp / "run"
+    args = ["--data", "names.txt", "--out", "run", "--accelerator", "cpu", "--max-epochs", str(EPOCHS),
+            "--batch-size", "4"]
+    s = {"tmp": tmp, "out": out}
+
+    # A: SIGKILL in the middle of epoch index 1, once epoch 0's checkpoint exists
+    a = _start(tmp, *args)
+    _wait(a, lambda: _last_epoch(out) == 0 and _logged_in_epoch(out, 1), "epoch 1 had started")
+    a.send_signal(signal.SIGKILL)
+    a.communicate()
+    s["a_rc"], s["a_last_epoch"], s["a_rows"] = a.returncode, _last_epoch(out), _csv_rows(out)
+
+    # B: resume; Ctrl-C in the middle of epoch index 2
+    b = _start(tmp, *args, "--resume")
+    _wait(b, lambda: _last_epoch(out) == 1 and _logged_in_epoch(out, 2), "epoch 2 had started")
+    os.killpg(b.pid, signal.SIGINT)
+    b_out, b_err = b.communicate(timeout=120)
+    s["b_rc"], s["b_out"], s["b_err"], s["b_last_epoch"] = b.returncode, b_out, b_err, _last_epoch(out)
+
+    # C: the resume command B printed, as printed
+    line = next((ln for ln in b_err.splitlines() if "resume with: " in ln), None)
+    assert line is not None, b_err[-3000:]
+    command = shlex.split(line.split("resume with: ", 1)[1])
+    assert command[0] == "python"
+    c = subprocess.run([sys.executable, *command[1:]], cwd=tmp, env=_env(), capture_output=True, text=True,
+                       timeout=300)
+    s["c_command"], s["c_rc"], s["c_out"], s["c_err"] = command, c.returncode, c.stdout, c.stderr
+    return s
+
+
+def test_sigkill_landed_mid_epoch_and_left_good_checkpoints(scenario):
+    assert scenario["a_rc"] == -signal.SIGKILL
+    assert scenario["a_last_epoch"] == 0  # killed before epoch 1's checkpoint...
+    assert any(r["epoch"] == "1" for r in scenario["a_rows"])  # ...after epoch 1 had logged steps
+
+
+def test_ctrl_c_exits_130_keeps_last_ckpt_and_prints_the_resume_command(scenario):
+    assert scenario["b_rc"] == 130, scenario["b_err"][-3000:]
+    assert "Restored all states from the checkpoint" in scenario["b_err"] + scenario["b_out"]
+    assert "resuming small from run/last.ckpt after epoch 1 of 3" in scenario["b_out"]
+    assert "interrupted: run/last.ckpt (after epoch 2) is kept; resume with: python" in scenario["b_err"]
+    assert scenario["b_last_epoch"] == 1
+    assert "Traceback" not in scenario["b_err"]
+    assert scenario["c_command"][-1] == "--resume" and "--overwrite" not in scenario["c_command"]
+
+
+def test_resumed_run_reaches_its_epochs_with_history_kept(scenario):
+    out = scenario["out"]
+    assert scenario["c_rc"] == 0, scenario["c_err"][-3000:]
+    assert f"finished in" in scenario["c_out"] and f"after {EPOCHS} epoch(s)" in scenario["c_out"]
+    last = torch.load(out / "last.ckpt", weights_only=True)
+    assert last["epoch"] == EPOCHS - 1 and last["global_step"] == EPOCHS * STEPS_PER_EPOCH
+    rows = _csv_rows(out)
+    val = [(int(r["epoch"]), float(r["val/loss"])) for r in rows if r["val/loss"]]
+    assert [e for e, _ in val] == list(range(EPOCHS))  # every epoch once: none lost, none repeated
+    assert [e for e, _ in val] and val[-1][1] < val[0][1]
+    assert [int(r["epoch"]) for r in rows if r["train/loss"]] == list(range(EPOCHS))
+    steps = [int(r["step"]) for r in rows if r["train/loss_step"]]
+    assert steps == sorted(set(steps)) and steps[-1] == EPOCHS * STEPS_PER_EPOCH - 1  # no step logged twice
+    # the optimizer and schedule carried on: the last logged lr follows the cosine to its end, not a restart
+    lrs = [float(r["lr-Adam/pg1"]) for r in rows if r.get("lr-Adam/pg1")]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.2e-3
+
+
+def test_best_ckpt_is_loadable_and_samples(scenario):
+    out = scenario["out"]
+    best = torch.load(out / "best.ckpt", weights_only=True)
+    rows = _csv_rows(out)
+    assert best["namegen"]["data"]["n_names"] == 200
+    assert min(float(r["val/loss"]) for r in rows if r["val/loss"]) == pytest.approx(
+        next(v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint"))["best_model_score"].item(),
+        abs=1e-5)
+    names = NameGenerator.from_checkpoint(out / "best.ckpt").sample(10, seed=0)
+    assert len(names) == 10 and all(names)
+
+
+def test_one_wandb_run_across_the_three_processes(scenario):
+    out = scenario["out"]
+    dirs = sorted(glob.glob(str(out / "wandb" / "offline-run-*")))
+    assert len(dirs) == 3  # one offline directory per process...
+    ids = {d.rsplit("-", 1)[1] for d in dirs}
+    assert len(ids) == 1  # ...all of the same run id
+    (run_id,) = ids
+    assert torch.load(out / "last.ckpt", weights_only=True)["namegen"]["wandb_run_id"] == run_id
+    assert f"(W&B run {run_id})" in scenario["c_out"]
+    assert f"in 3 parts; upload it with: wandb sync run/wandb/offline-run-*-{run_id}" in scenario["c_out"]
+
+
+# ------------------------------------------------------------------ resume errors (in-process)
+
+def _call(argv, capsys):
+    try:
+        code = run(train_main, [str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, real_names):
+    tmp = tmp_path_factory.mktemp("finished")
+    data = tmp / "names.txt"
+    data.write_text("\n".join(real_names.read_text().splitlines()[:200]) + "\n")
+    out = tmp / "run"
+    argv = ["--data", data, "--out", out, "--max-epochs", "1", "--batch-size", "16", "--limit-train-batches", "2",
+            "--accelerator", "cpu", "--logger", "csv"]
+    assert run(train_main, [str(a) for a in argv]) == 0
+    return data, out, argv
+
+
+def test_resume_errors_are_one_line(finished_run, tmp_path, capsys):
+    data, out, argv = finished_run
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    cases = [
+        (argv + ["--resume"], "already finished 1 of 1 epochs; pass --max-epochs N"),
+        (argv + ["--resume", "--max-epochs", "3", "--batch-size", "8"], "--batch-size 8: the run being resumed used 16"),
+        (argv + ["--resume", "--max-epochs", "3", "--lr", "0.1"], "--lr 0.1: the run being resumed used 0.001"),
+        (argv + ["--resume", "--max-epochs", "3", "--model", "large"], "--model large"),
+        (["--data", data, "--out", tmp_path / "empty", "--resume"], "nothing to resume"),
+        (argv, "pass --resume to continue it, --overwrite to replace it"),
+    ]
+    other = tmp_path / "other.txt"
+    other.write_text("emma\nava\nmia\nnoah\nliam\n")
+    cases.append((argv[2:] + ["--data", other, "--resume", "--max-epochs", "3"], "not the file the run being resumed"))
+    for args, needle in cases:
+        code, err = _call(args, capsys)
+        assert code == 2 and "Traceback" not in err, err
+        (line,) = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+        assert needle in line, line
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+# --------------------------------------------------------------------- atomic checkpoint writes
+
+_BIG = None
+
+
+def _save_forever(path: str) -> None:
+    version = 2
+    while True:  # the tensor was made before the fork: the child only serialises and writes
+        atomic_torch_save({"version": version, "weights": _BIG}, path)
+        version += 1
+
+
+def test_a_kill_during_a_save_leaves_the_previous_checkpoint(tmp_path):
+    global _BIG
+    _BIG = torch.ones(8_000_000)  # 32 MB: each save takes a while
+    path = tmp_path / "last.ckpt"
+    atomic_torch_save({"version": 1, "weights": torch.zeros(3)}, path)
+    for attempt in range(3):
+        child = multiprocessing.get_context("fork").Process(target=_save_forever, args=(str(path),))
+        child.start()
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(".last.ckpt.*.tmp")):  # a save is under way
+            assert time.monotonic() < deadline and child.is_alive(), "no save started"
+            time.sleep(0.001)
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        ckpt = torch.load(path, weights_only=True)  # whole, never partial
+        assert ckpt["version"] >= 1 and (ckpt["version"] == 1 or ckpt["weights"].numel() == 8_000_000)
+        stale = list(tmp_path.glob(".last.ckpt.*.tmp"))
+        assert stale  # the kill did land mid-save
+        assert remove_stale_temporaries(tmp_path) == stale and not list(tmp_path.glob(".*.tmp"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+def test_a_failed_save_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "best.ckpt"
+    atomic_torch_save({"version": 1}, path)
+    before = path.read_bytes()
+    with pytest.raises(Exception):
+        atomic_torch_save({"version": 2, "bad": lambda: None}, path)  # cannot be pickled
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["best.ckpt"]
