@@ -12,7 +12,8 @@ What it measures, per size (configs/<size>.yaml: widths, batch size, optimizer):
    padded length of names.txt) for the notebook's GRULayer loop (bench/notebook.py),
    namegen's GRULanguageModel, torch.nn.GRU at the same widths (different math,
    what a user would pick instead), and the matmul-only floor: the matmuls a
-   fused cell needs in forward and backward (input projections over all steps,
+   fused cell needs in forward and backward (input projections over all steps, for
+   layer 0 over the (vocab, n_embd) embedding table,
    2 hidden matmuls per step forward and 2 backward, the batched weight-gradient
    matmuls, the head), replayed on preallocated tensors without elementwise
    work or optimizer. Implementations are interleaved rep by rep; medians.
@@ -111,11 +112,12 @@ def floor_step_fn(cfg, B, T):
     layers = []
     for i in range(L):
         n_in = E if i == 0 else H
+        rows = V if i == 0 else T * B  # layer 0 projects the (V, E) embedding table, as namegen does
         layers.append(dict(
-            x=r(T * B, n_in), w_in=r(3 * H, n_in), b_in=r(3 * H), gx=r(T * B, 3 * H),
+            x=r(rows, n_in), w_in=r(3 * H, n_in), b_in=r(3 * H), gx=r(rows, 3 * H),
             w_rz=r(2 * H, H), w_h=r(H, H), h=r(B, H), rz=r(B, 2 * H), n=r(B, H),
             d_rz=r(T * B, 2 * H), d_n=r(T * B, H), hs=r(T * B, H), dq=r(B, H), dh=r(B, H),
-            dx=r(T * B, n_in),
+            dx=r(rows, n_in),
         ))
     top, w_head, b_head, logits, dlogits = r(T * B, H), r(V, H), r(V), r(T * B, V), r(T * B, V)
 
