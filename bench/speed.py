@@ -58,7 +58,11 @@ from namegen.sampling import sample_ids  # noqa: E402
 from notebook import NotebookModel, generate_dataset, generate_names  # noqa: E402
 
 warnings.filterwarnings("ignore")
+import logging  # noqa: E402
+
+logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 T_PAD = 16  # names.txt's longest name + 1: the notebook's padded length
+NOTES_MARKER = "<!-- notes below are hand-written; bench/speed.py keeps them when it rewrites the tables -->"
 VOCAB = 28
 
 
@@ -290,7 +294,9 @@ def bench_sampling(cfg, n_namegen: int, n_notebook: int, reps: int, trained=None
 
     def run_nb():
         with contextlib.redirect_stdout(io.StringIO()):  # generate_names prints every name
-            names = generate_names(nb, n_notebook, start_token=0, max_len=20, device="cpu", itos=itos)
+            # start token 1 ('.'), the token namegen's weights were trained to start from, so both
+            # sample the same distribution (the notebook passed 0, padding, which its own model saw)
+            names = generate_names(nb, n_notebook, start_token=1, max_len=20, device="cpu", itos=itos)
         lengths["notebook"].append(statistics.mean(len(n.rstrip(".")) for n in names))
 
     t = time_interleaved({"namegen": run_ng, "notebook": run_nb}, reps, warmup=1)
@@ -376,7 +382,11 @@ def main(argv=None) -> int:
                                                  for k, v in r["sample"].items()), flush=True)
 
     report = render(results, sizes, started, data, fractions, args)
-    Path(args.out).write_text(report, encoding="utf-8")
+    out = Path(args.out)
+    notes = ""  # hand-written notes below the marker survive a re-run
+    if out.exists() and NOTES_MARKER in out.read_text(encoding="utf-8"):
+        notes = out.read_text(encoding="utf-8").split(NOTES_MARKER, 1)[1]
+    out.write_text(report + "\n" + NOTES_MARKER + notes, encoding="utf-8")
     print("\n" + report)
     print(f"wrote {args.out}")
     return 0
