@@ -12,7 +12,8 @@ What it measures, per size (configs/<size>.yaml: widths, batch size, optimizer):
    padded length of names.txt) for the notebook's GRULayer loop (bench/notebook.py),
    namegen's GRULanguageModel, torch.nn.GRU at the same widths (different math,
    what a user would pick instead), and the matmul-only floor: the matmuls a
-   fused cell needs in forward and backward (input projections over all steps,
+   fused cell needs in forward and backward (input projections over all steps, for
+   layer 0 over the (vocab, n_embd) embedding table,
    2 hidden matmuls per step forward and 2 backward, the batched weight-gradient
    matmuls, the head), replayed on preallocated tensors without elementwise
    work or optimizer. Implementations are interleaved rep by rep; medians.
@@ -57,7 +58,11 @@ from namegen.sampling import sample_ids  # noqa: E402
 from notebook import NotebookModel, generate_dataset, generate_names  # noqa: E402
 
 warnings.filterwarnings("ignore")
+import logging  # noqa: E402
+
+logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 T_PAD = 16  # names.txt's longest name + 1: the notebook's padded length
+NOTES_MARKER = "<!-- notes below are hand-written; bench/speed.py keeps them when it rewrites the tables -->"
 VOCAB = 28
 
 
@@ -111,11 +116,12 @@ def floor_step_fn(cfg, B, T):
     layers = []
     for i in range(L):
         n_in = E if i == 0 else H
+        rows = V if i == 0 else T * B  # layer 0 projects the (V, E) embedding table, as namegen does
         layers.append(dict(
-            x=r(T * B, n_in), w_in=r(3 * H, n_in), b_in=r(3 * H), gx=r(T * B, 3 * H),
+            x=r(rows, n_in), w_in=r(3 * H, n_in), b_in=r(3 * H), gx=r(rows, 3 * H),
             w_rz=r(2 * H, H), w_h=r(H, H), h=r(B, H), rz=r(B, 2 * H), n=r(B, H),
             d_rz=r(T * B, 2 * H), d_n=r(T * B, H), hs=r(T * B, H), dq=r(B, H), dh=r(B, H),
-            dx=r(T * B, n_in),
+            dx=r(rows, n_in),
         ))
     top, w_head, b_head, logits, dlogits = r(T * B, H), r(V, H), r(V), r(T * B, V), r(T * B, V)
 
@@ -229,7 +235,8 @@ def run_plain(model, batches, cfg) -> float:
     return time.perf_counter() - t0
 
 
-def bench_epoch(cfg, data: Path, fraction: float, out_dir: Path) -> dict:
+def bench_epoch(cfg, data: Path, fraction: float, out_dir: Path, repeats: int = 2) -> dict:
+    """Lightning epoch and bare loop alternated ``repeats`` times per implementation; fastest of each."""
     torch.manual_seed(0)
     # namegen: its own data module (tensors, batches by index, trimmed per batch) and LightningModule
     dm = NamesDataModule(data, batch_size=cfg.batch_size, seed=cfg.seed, group_by_length=False)
@@ -239,10 +246,6 @@ def bench_epoch(cfg, data: Path, fraction: float, out_dir: Path) -> dict:
     ng_limit = max(1, round(n_batches * fraction))
     ng_batches = [b for _, b in zip(range(ng_limit), ng_loader)]
     ng_tokens = sum(int((y != IGNORE).sum()) for _, y in ng_batches)
-    ng_module = NameGenModule(cfg, dm.vocab.chars)
-    ng_limit_arg = ng_limit if fraction < 1 else 1.0
-    ng_seconds = run_epoch(ng_module, ng_loader, cfg, ng_limit_arg, out_dir)
-    ng_plain = run_plain(GRULanguageModel.from_config(cfg, VOCAB), ng_batches, cfg)
 
     # the notebook: pad every name to 16, TensorDataset + DataLoader(batch_size=64, shuffle=True)
     words = read_names(data)
@@ -254,23 +257,32 @@ def bench_epoch(cfg, data: Path, fraction: float, out_dir: Path) -> dict:
     nb_limit = max(1, round(len(nb_loader) * fraction))
     nb_batches = [b for _, b in zip(range(nb_limit), nb_loader)]
     nb_tokens = sum(int((yb != IGNORE).sum()) for _, yb in nb_batches)
-    nb_seconds = run_epoch(NotebookModule(cfg), nb_loader, cfg, nb_limit if fraction < 1 else 1.0, out_dir)
-    nb_plain = run_plain(NotebookModel(VOCAB, cfg.n_embd, cfg.n_hidden, cfg.n_layer, cfg.dropout, cfg.layer_norm),
-                         nb_batches, cfg)
+
+    t = {k: [] for k in ("ng", "ng_plain", "nb", "nb_plain")}
+    for _ in range(repeats):
+        ng_module = NameGenModule(cfg, dm.vocab.chars)
+        t["ng"].append(run_epoch(ng_module, ng_loader, cfg, ng_limit if fraction < 1 else 1.0, out_dir))
+        t["ng_plain"].append(run_plain(GRULanguageModel.from_config(cfg, VOCAB), ng_batches, cfg))
+        t["nb"].append(run_epoch(NotebookModule(cfg), nb_loader, cfg, nb_limit if fraction < 1 else 1.0, out_dir))
+        nb_model = NotebookModel(VOCAB, cfg.n_embd, cfg.n_hidden, cfg.n_layer, cfg.dropout, cfg.layer_norm)
+        t["nb_plain"].append(run_plain(nb_model, nb_batches, cfg))
+    ng_seconds, ng_plain, nb_seconds, nb_plain = (min(t[k]) for k in ("ng", "ng_plain", "nb", "nb_plain"))
     return {
         "namegen_tok_s": ng_tokens / ng_seconds, "notebook_tok_s": nb_tokens / nb_seconds,
         "namegen_overhead": 1 - ng_plain / ng_seconds, "notebook_overhead": 1 - nb_plain / nb_seconds,
         "namegen_batches": f"{ng_limit}/{n_batches}", "notebook_batches": f"{nb_limit}/{len(nb_loader)}",
-        "namegen_seconds": ng_seconds, "notebook_seconds": nb_seconds,
+        "namegen_seconds": ng_seconds, "notebook_seconds": nb_seconds, "repeats": repeats,
+        "trained": ng_module.model,
     }
 
 
 # ---------------------------------------------------------------------------- sampling
 
 
-def bench_sampling(cfg, n_namegen: int, n_notebook: int, reps: int) -> dict:
+def bench_sampling(cfg, n_namegen: int, n_notebook: int, reps: int, trained=None) -> dict:
+    """``trained``: a namegen model to sample from (the epoch's); else untrained weights."""
     torch.manual_seed(0)
-    ng = GRULanguageModel.from_config(cfg, VOCAB).eval()
+    ng = (trained or GRULanguageModel.from_config(cfg, VOCAB)).eval()
     nb = NotebookModel(VOCAB, cfg.n_embd, cfg.n_hidden, cfg.n_layer, cfg.dropout, cfg.layer_norm)
     nb.load_namegen_weights(ng)  # the same weights: the same name-length distribution up to the start token
     itos = {0: "<PAD>", 1: "."} | {i + 2: c for i, c in enumerate("abcdefghijklmnopqrstuvwxyz")}
@@ -282,13 +294,16 @@ def bench_sampling(cfg, n_namegen: int, n_notebook: int, reps: int) -> dict:
 
     def run_nb():
         with contextlib.redirect_stdout(io.StringIO()):  # generate_names prints every name
-            names = generate_names(nb, n_notebook, start_token=0, max_len=20, device="cpu", itos=itos)
+            # start token 1 ('.'), the token namegen's weights were trained to start from, so both
+            # sample the same distribution (the notebook passed 0, padding, which its own model saw)
+            names = generate_names(nb, n_notebook, start_token=1, max_len=20, device="cpu", itos=itos)
         lengths["notebook"].append(statistics.mean(len(n.rstrip(".")) for n in names))
 
     t = time_interleaved({"namegen": run_ng, "notebook": run_nb}, reps, warmup=1)
     return {
         "namegen_names_s": n_namegen / t["namegen"], "notebook_names_s": n_notebook / t["notebook"],
         "namegen_len": statistics.mean(lengths["namegen"]), "notebook_len": statistics.mean(lengths["notebook"]),
+        "weights": "untrained" if trained is None else "trained",
     }
 
 
@@ -321,7 +336,10 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=None, help="step-time repetitions per implementation "
                    "(default: 15, 9 for large; --quick: 5, 3 for large)")
     p.add_argument("--epoch-fraction", type=float, default=None,
-                   help="fraction of the epoch to run end to end (default: 1.0; --quick: 0.25)")
+                   help="fraction of the epoch to run end to end (default: 1.0, 0.1 for large; --quick: 0.25, "
+                        "0.05 for large)")
+    p.add_argument("--epoch-repeats", type=int, default=None,
+                   help="Lightning epoch / bare loop pairs per implementation, fastest kept (default 2; --quick 1)")
     p.add_argument("--quick", action="store_true", help="fewer reps, a quarter epoch, fewer sampled names")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: step, epoch, sample")
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "names.txt"),
@@ -334,7 +352,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     skip = set(filter(None, args.skip.split(",")))
-    fraction = args.epoch_fraction or (0.25 if args.quick else 1.0)
+    fractions = {s: args.epoch_fraction or ((0.05 if s == "large" else 0.25) if args.quick else
+                                           (0.1 if s == "large" else 1.0)) for s in sizes}
+    repeats = args.epoch_repeats or (1 if args.quick else 2)
     data = Path(args.data) if Path(args.data).exists() else ROOT / "data" / "names.txt"
     out_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "namegen-bench"
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -349,24 +369,30 @@ def main(argv=None) -> int:
         if "step" not in skip:
             r["step"] = bench_steps(cfg, reps)
             print(f"{size} step: " + ", ".join(f"{k} {ms(v)}" for k, v in r["step"].items()), flush=True)
+        if "epoch" not in skip:
+            r["epoch"] = bench_epoch(cfg, data, fractions[size], out_dir, repeats)
+            print(f"{size} epoch: " + ", ".join(f"{k} {v:,.3f}" if isinstance(v, float) else f"{k} {v}"
+                                                for k, v in r["epoch"].items() if k != "trained"), flush=True)
         if "sample" not in skip:
             n_nb = (5 if big else 10) if args.quick else (10 if big else 25)
             r["sample"] = bench_sampling(cfg, n_namegen=2000 if big else 5000, n_notebook=n_nb,
-                                         reps=3 if args.quick else 5)
-            print(f"{size} sample: " + ", ".join(f"{k} {v:,.1f}" for k, v in r["sample"].items()), flush=True)
-        if "epoch" not in skip:
-            r["epoch"] = bench_epoch(cfg, data, fraction, out_dir)
-            print(f"{size} epoch: " + ", ".join(f"{k} {v:,.3f}" if isinstance(v, float) else f"{k} {v}"
-                                                for k, v in r["epoch"].items()), flush=True)
+                                         reps=3 if args.quick or big else 5,
+                                         trained=r.get("epoch", {}).get("trained"))
+            print(f"{size} sample: " + ", ".join(f"{k} {v:,.1f}" if isinstance(v, float) else f"{k} {v}"
+                                                 for k, v in r["sample"].items()), flush=True)
 
-    report = render(results, sizes, started, data, fraction, args)
-    Path(args.out).write_text(report, encoding="utf-8")
+    report = render(results, sizes, started, data, fractions, args)
+    out = Path(args.out)
+    notes = ""  # hand-written notes below the marker survive a re-run
+    if out.exists() and NOTES_MARKER in out.read_text(encoding="utf-8"):
+        notes = out.read_text(encoding="utf-8").split(NOTES_MARKER, 1)[1]
+    out.write_text(report + "\n" + NOTES_MARKER + notes, encoding="utf-8")
     print("\n" + report)
     print(f"wrote {args.out}")
     return 0
 
 
-def render(results, sizes, started, data, fraction, args) -> str:
+def render(results, sizes, started, data, fractions, args) -> str:
     cmd = "python bench/speed.py" + ("" if not sys.argv[1:] else " " + " ".join(sys.argv[1:]))
     lines = [
         "# namegen speed benchmark",
@@ -399,12 +425,11 @@ def render(results, sizes, started, data, fraction, args) -> str:
             )
         lines += ["", "The floor is only the matmuls (no elementwise work, no optimizer step).", ""]
     if any("epoch" in results[s] for s in sizes):
-        part = "one epoch" if fraction >= 1 else f"{fraction:.0%} of an epoch"
         lines += [
-            f"## 2. End to end through Lightning, {part} of names.txt (real target tokens/s)",
+            "## 2. End to end through Lightning, one epoch of names.txt or the part shown (real target tokens/s)",
             "",
             "| size | namegen tok/s | notebook tok/s | namegen / notebook (target ≥ 2.5) | "
-            "namegen overhead (target ≤ 15%) | notebook overhead | batches namegen / notebook |",
+            "namegen overhead (target ≤ 15%) | notebook overhead | batches run namegen / notebook |",
             "|---|---|---|---|---|---|---|",
         ]
         for s in sizes:
@@ -422,7 +447,8 @@ def render(results, sizes, started, data, fraction, args) -> str:
             "namegen: its data module (tensors, batches by index, each batch trimmed to its longest name) at the "
             "config's batch size; notebook: every name padded to 16, per-sample DataLoader, batch 64. Overhead = "
             "1 - (the same batches in a bare PyTorch loop) / (the Lightning epoch): Trainer, data loading, "
-            "logging (CSV, every 10 steps), gradient clipping in both. One run each: noisy on a shared CPU.",
+            "logging (CSV, every 10 steps), gradient clipping in both. Lightning epoch and bare loop alternate, "
+            "the fastest of each kept (runs per implementation in the command's --epoch-repeats).",
             "",
         ]
     if any("sample" in results[s] for s in sizes):
@@ -445,7 +471,8 @@ def render(results, sizes, started, data, fraction, args) -> str:
             )
         lines += [
             "",
-            "Untrained (random) weights, copied from namegen's model into the notebook's; namegen samples a batch "
+            "Weights: the model trained by part 2's namegen epoch (untrained when part 2 is skipped; see the "
+            "mean lengths), copied into the notebook's model; namegen samples a batch "
             "at a time (`sample_ids`), the notebook's `generate_names` one name at a time, re-running the whole "
             "prefix for each character, with autograd on, as written (its printing goes to a buffer).",
             "",

@@ -82,19 +82,18 @@ class GRUCell(nn.Module):
 # matmuls over all T*B rows after it.
 
 
-def _layer_forward(x, w_in, b_in, h0, w_rz, w_h, mask):
+def _layer_forward(gates_in, h0, w_rz, w_h, mask):
     """One layer over all steps. Returns out (T, B, H), gates (T, B, 3H) = [r | z | ñ], q (T, B, H).
 
-    x: (T, B, n_in); w_in: (3H, n_in), b_in: (3H,) the input maps [reset | update | candidate]
-    with the gate biases folded in; h0: (B, H); w_rz: (2H, H); w_h: (H, H); mask: (T, B, H)
-    dropout mask scaled by 1/(1-p), or None. out[t] is the (dropped) state step t+1 sees.
+    gates_in: (T, B, 3H) every step's input terms [reset | update | candidate], gate biases
+    folded in (not modified); h0: (B, H); w_rz: (2H, H); w_h: (H, H); mask: (T, B, H) dropout
+    mask scaled by 1/(keep probability), or None. out[t] is the (dropped) state step t+1 sees.
     """
-    T, B, n_in = x.shape
+    T, B, _ = gates_in.shape
     H = h0.shape[-1]
-    # all steps' input terms in one matmul; each step then adds its hidden terms in place
-    gates = torch.addmm(b_in, x.reshape(T * B, n_in), w_in.t()).view(T, B, 3 * H)  # (T, B, 3H)
-    out = x.new_empty(T, B, H)
-    q_all = x.new_empty(T, B, H)  # r * h_prev: the input of W_h, kept for its weight gradient
+    gates = gates_in.clone()  # (T, B, 3H): each step adds its hidden terms here in place
+    out = gates_in.new_empty(T, B, H)
+    q_all = gates_in.new_empty(T, B, H)  # r * h_prev: the input of W_h, kept for its weight gradient
     w_rz_t, w_h_t = w_rz.t(), w_h.t()
     # per-step views made once (no indexing in the loop)
     steps = zip(gates[..., : 2 * H].unbind(0), gates[..., 2 * H :].unbind(0), q_all.unbind(0), out.unbind(0),
@@ -115,14 +114,14 @@ class _GRULayer(torch.autograd.Function):
     """out = layer(x, w_in, b_in, h0, w_rz, w_h; mask): one autograd node per layer."""
 
     @staticmethod
-    def forward(ctx, x, w_in, b_in, h0, w_rz, w_h, mask):
-        out, gates, q = _layer_forward(x, w_in, b_in, h0, w_rz, w_h, mask)
-        ctx.save_for_backward(x, w_in, h0, w_rz, w_h, mask, out, gates, q)
+    def forward(ctx, gates_in, h0, w_rz, w_h, mask):
+        out, gates, q = _layer_forward(gates_in, h0, w_rz, w_h, mask)
+        ctx.save_for_backward(h0, w_rz, w_h, mask, out, gates, q)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        x, w_in, h0, w_rz, w_h, mask, out, gates, q = ctx.saved_tensors
+        h0, w_rz, w_h, mask, out, gates, q = ctx.saved_tensors
         T, B, H = out.shape
         r, z, n = gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H :]  # (T, B, H) each
         h_prev = torch.cat([h0[None], out[:-1]])  # (T, B, H): the state each step saw
@@ -151,26 +150,23 @@ class _GRULayer(torch.autograd.Function):
             dh_prev = torch.addcmul(dout_t[t - 1], dh, f_h[t]) if t > 0 else dh * f_h[t]
             dh_prev.addcmul_(dq, r_t[t])  # ... through q = r * h_prev ...
             dh = dh_prev.addmm_(da_rz[t], w_rz)  # ... and through both gates' W_rz h_prev
-        # weight and input gradients, batched over all T*B rows
+        # hidden weights' gradients, batched over all T*B rows (the input maps' are autograd's)
         dg = dgates.view(T * B, 3 * H)
-        dx = torch.mm(dg, w_in).view_as(x)  # (T, B, n_in)
-        dw_in = torch.mm(dg.t(), x.reshape(T * B, -1))  # (3H, n_in)
-        db_in = dg.sum(0)  # (3H,)
         dw_rz = torch.mm(dg[:, : 2 * H].t(), h_prev.view(T * B, H))  # (2H, H)
         dw_h = torch.mm(dg[:, 2 * H :].t(), q.view(T * B, H))  # (H, H)
-        return dx, dw_in, db_in, dh, dw_rz, dw_h, None
+        return dgates, dh, dw_rz, dw_h, None
 
 
-def gru_layer(x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor, h0: torch.Tensor, w_rz: torch.Tensor,
-              w_h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """All T steps of one layer. x: (T, B, n_in), h0: (B, H) -> out (T, B, H); out[-1] is the final state.
+def gru_layer(gates_in: torch.Tensor, h0: torch.Tensor, w_rz: torch.Tensor, w_h: torch.Tensor,
+              mask: torch.Tensor | None = None) -> torch.Tensor:
+    """All T steps of one layer. gates_in: (T, B, 3H), h0: (B, H) -> out (T, B, H); out[-1] is the final state.
 
-    Same math as ``GRUCell.fused_step`` stepped over ``GRUCell.input_projection(x)``, with each new
-    state multiplied by ``mask[t]``. Weights as ``GRUCell.input_weights()`` and ``hidden_weights()``.
+    Same math as ``GRUCell.fused_step`` stepped over ``gates_in = GRUCell.input_projection(x)``,
+    with each new state multiplied by ``mask[t]``; weights as ``GRUCell.hidden_weights()``.
     """
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, w_in, b_in, h0, w_rz, w_h)):
-        return _GRULayer.apply(x, w_in, b_in, h0, w_rz, w_h, mask)
-    return _layer_forward(x, w_in, b_in, h0, w_rz, w_h, mask)[0]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (gates_in, h0, w_rz, w_h)):
+        return _GRULayer.apply(gates_in, h0, w_rz, w_h, mask)
+    return _layer_forward(gates_in, h0, w_rz, w_h, mask)[0]
 
 
 class GRULanguageModel(nn.Module):
@@ -219,11 +215,17 @@ class GRULanguageModel(nn.Module):
         B, T = idx.shape
         if h is None:
             h = self.init_hidden(B, idx.device)
-        x = self.embedding(idx.t())  # (T, B, n_embd): time-major, step t is a contiguous slice
         h_last = []
-        for layer, h_l in zip(self.layers, h):
-            mask = self._dropout_mask(T, B, x)  # (T, B, H) or None
-            x = gru_layer(x, *layer.input_weights(), h_l, *layer.hidden_weights(), mask)  # (T, B, H) feeds the next layer
+        for i, (layer, h_l) in enumerate(zip(self.layers, h)):
+            w_in, b_in = layer.input_weights()  # (3H, n_in), (3H,)
+            if i == 0:
+                # Layer 0's input terms depend on the token alone: project the (V, n_embd) embedding
+                # table once and look rows up (the same dot products as projecting every embedded row).
+                gates_in = F.embedding(idx.t(), F.linear(self.embedding.weight, w_in, b_in))  # (T, B, 3H)
+            else:
+                gates_in = F.linear(x, w_in, b_in)  # (T, B, 3H), every step at once
+            mask = self._dropout_mask(T, B, gates_in)  # (T, B, H) or None
+            x = gru_layer(gates_in, h_l, *layer.hidden_weights(), mask)  # (T, B, H), time-major, feeds the next layer
             h_last.append(x[-1])  # (B, H): the final (dropped) state
         logits = self.head(self.norm(x))  # (T, B, V)
         return logits.transpose(0, 1).contiguous(), torch.stack(h_last)  # (B, T, V), (n_layer, B, H)

@@ -1,7 +1,8 @@
 """Batched sampling: every name of a call advances together, one step per character.
 
 The hidden state is carried from step to step, so each character costs one
-forward step for the whole batch; the prefix is never re-run.
+forward step for the whole batch; the prefix is never re-run, and names that
+have ended leave the batch, so later steps only run the names still going.
 """
 
 from __future__ import annotations
@@ -38,19 +39,20 @@ def sample_ids(
     was_training = model.training
     model.eval()
     h = model.init_hidden(n, device)
-    token = torch.full((n, 1), start_token, dtype=torch.long, device=device)  # (n, 1)
+    token = torch.full((n, 1), start_token, dtype=torch.long, device=device)  # (m, 1), m = names still going
+    rows = torch.arange(n, device=device)  # (m,): which of the n names each live row is
     logprob = torch.zeros(n, device=device)
     out = torch.zeros(n, max_len, dtype=torch.long, device=device)  # (n, max_len) character ids
-    alive = torch.ones(n, dtype=torch.bool, device=device)
     length = torch.zeros(n, dtype=torch.long, device=device)
 
     for t in range(max_len + 1):
-        logits, h = model(token, h)  # logits: (n, 1, V), h: (n_layer, n, H)
-        logp = torch.log_softmax(logits[:, -1].float(), dim=-1)  # (n, V)
+        logits, h = model(token, h)  # logits: (m, 1, V), h: (n_layer, m, H)
+        logp = torch.log_softmax(logits[:, -1].float(), dim=-1)  # (m, V)
+        m = rows.numel()
         if t < len(prefix_ids):  # forced: condition the state on the prefix
-            nxt = torch.full((n,), prefix_ids[t], dtype=torch.long, device=device)
+            nxt = torch.full((m,), prefix_ids[t], dtype=torch.long, device=device)
         else:
-            scores = logits[:, -1].float() / temperature  # (n, V)
+            scores = logits[:, -1].float() / temperature  # (m, V)
             scores[:, PAD] = float("-inf")
             if t < min_len:
                 scores[:, END] = float("-inf")
@@ -58,18 +60,19 @@ def sample_ids(
                 scores[:, :] = float("-inf")
                 scores[:, END] = 0.0
             if top_k is not None and top_k < scores.shape[-1]:
-                kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]  # (n, 1)
+                kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]  # (m, 1)
                 scores = scores.masked_fill(scores < kth, float("-inf"))
             probs = torch.softmax(scores, dim=-1)
-            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (n,)
-        logprob += torch.where(alive, logp.gather(1, nxt[:, None]).squeeze(1), 0.0)
-        ended = nxt == END
+            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (m,)
+        logprob.index_add_(0, rows, logp.gather(1, nxt[:, None]).squeeze(1))
+        going = nxt != END  # (m,)
         if t < max_len:
-            out[:, t] = torch.where(alive & ~ended, nxt, 0)
-        length += (alive & ~ended).long()
-        alive &= ~ended
-        if not alive.any():
-            break
+            out[rows, t] = torch.where(going, nxt, 0)
+        length.index_add_(0, rows, going.long())
+        if not going.all():  # finished names leave the batch: later steps run only the rest
+            rows, h, nxt = rows[going], h[:, going], nxt[going]
+            if rows.numel() == 0:
+                break
         token = nxt[:, None]
 
     model.train(was_training)

@@ -43,9 +43,13 @@ def test_gradcheck_layer_recurrence(with_mask):
     w_in, b_in = (w.detach().requires_grad_() for w in cell.input_weights())
     w_rz, w_h = (w.detach().requires_grad_() for w in cell.hidden_weights())
     x, h0 = x.requires_grad_(), h0.requires_grad_()
-    assert torch.autograd.gradcheck(lambda *a: gru_layer(*a, mask), (x, w_in, b_in, h0, w_rz, w_h))
+
+    def layer(x, w_in, b_in, h0, w_rz, w_h):
+        return gru_layer(torch.nn.functional.linear(x, w_in, b_in), h0, w_rz, w_h, mask)
+
+    assert torch.autograd.gradcheck(layer, (x, w_in, b_in, h0, w_rz, w_h))
     # and the forward is the plain cell stepped with the mask applied to each new state
-    torch.testing.assert_close(gru_layer(x, w_in, b_in, h0, w_rz, w_h, mask), _reference_layer(cell, x, h0, mask),
+    torch.testing.assert_close(layer(x, w_in, b_in, h0, w_rz, w_h), _reference_layer(cell, x, h0, mask),
                                atol=1e-10, rtol=0)
 
 
@@ -159,3 +163,24 @@ def test_compile_flags_parse():
 
     assert train_parser().parse_args(["--compile"]).compile and not train_parser().parse_args([]).compile
     assert sample_parser().parse_args(["--ckpt", "x", "--compile"]).compile
+
+
+def test_sampling_bookkeeping_when_finished_names_leave_the_batch():
+    """Each sampled name's returned log-probability equals the model's score of that name plus the end token."""
+    from namegen.data import END
+    from namegen.sampling import sample_ids
+
+    torch.manual_seed(0)
+    model = GRULanguageModel(vocab_size=6, n_layer=2, n_embd=4, n_hidden=8).double()
+    with torch.no_grad():
+        model.head.bias[END] += 1.5  # names end at varied steps, so rows leave the batch at different times
+    ids, logprob = sample_ids(model, 64, max_len=12, generator=torch.Generator().manual_seed(1))
+    lengths = [len(r) for r in ids]
+    assert len(set(lengths)) > 3 and max(lengths) <= 12 and all(0 not in r and END not in r for r in ids)
+    with torch.no_grad():
+        for row, lp in zip(ids, logprob.tolist()):
+            seq = torch.tensor([[END] + row])  # inputs: the start token, then the name
+            logp = torch.log_softmax(model(seq)[0][0], -1)  # (len + 1, V)
+            targets = row + [END]
+            expected = sum(logp[t, c].item() for t, c in enumerate(targets))
+            assert lp == pytest.approx(expected, abs=1e-5)  # sampling sums in float32
