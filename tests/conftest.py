@@ -8,6 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# Tiny models on a small CPU: one thread is faster than torch's default and far
+# steadier on a shared machine. Subprocesses inherit it through run_cli.
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_NAMES = ROOT.parent / "shared" / "names.txt"
@@ -38,7 +43,7 @@ def names_file(tmp_path, real_names) -> Path:
 
 def run_cli(script: str, *args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run train.py / sample.py in a fresh Python process, as a user would."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     return subprocess.run(
         [sys.executable, str(ROOT / script), *args],
         cwd=cwd or ROOT,
