@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
+from namegen.callbacks import RunClock
 from namegen.config import SIZES, load_config
 from namegen.data import DEFAULT_DATA, NamesDataModule
 from namegen.errors import UserError
@@ -95,7 +96,7 @@ def train(args: argparse.Namespace) -> float | None:
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    callbacks: list[pl.Callback] = [checkpoint, SampleTable()]
+    callbacks: list[pl.Callback] = [checkpoint, SampleTable(), RunClock()]
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if config.early_stopping_patience:
