@@ -175,7 +175,9 @@ def write_report(rows: list[Row], out_dir: Path, figure: Path | None, num_sample
         "training steps.",
         f"- sample statistics over {num_samples:,} names sampled at temperature 1 (seed {sample_seed}): "
         "new = in neither split of the data file; copies = reproduce a training name; duplicates = repeat an "
-        "earlier sample; first-letter TV = total-variation distance to the data's first-letter distribution.",
+        "earlier sample; first-letter TV = total-variation distance to the data's first-letter distribution "
+        f"(the same number of names drawn from the data itself gives {first.samples.first_letter_tv_noise:.3f}: "
+        "sampling noise alone).",
         "",
         "Checkpoints:",
         "",
@@ -187,6 +189,40 @@ def write_report(rows: list[Row], out_dir: Path, figure: Path | None, num_sample
     path = out_dir / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+README_START = "<!-- compare:start -->"
+README_END = "<!-- compare:end -->"
+
+
+def read_readme(readme: Path) -> tuple[str, int, int]:
+    """README's text and where its compare markers are; a UserError when they are missing."""
+    if not readme.is_file():
+        raise UserError(f"--update-readme: {readme} not found")
+    text = readme.read_text(encoding="utf-8")
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise UserError(f"--update-readme: {readme} lacks the lines {README_START} and {README_END} "
+                        "that mark where the report goes")
+    return text, start, end
+
+
+def update_readme(readme: Path, rows: list[Row], report: Path, figure: Path | None, command: str) -> None:
+    """Replace what lies between README's compare markers with the report's table and figure."""
+    text, start, end = read_readme(readme)
+    base = readme.resolve().parent
+
+    def rel(path: Path) -> str:
+        try:
+            return str(path.resolve().relative_to(base))
+        except ValueError:
+            return str(path.resolve())
+
+    block = [README_START, "", f"Produced by `{command}` ({rel(report)}):", ""]
+    if figure is not None:
+        block += [f"![train and validation loss per epoch]({rel(figure)})", ""]
+    block += [markdown_table(rows), "", README_END]
+    readme.write_text(text[:start] + "\n".join(block) + text[end + len(README_END):], encoding="utf-8")
 
 
 def log_to_wandb(rows: list[Row], figure: Path | None, report: Path, start_run: dict | None) -> str | None:
@@ -252,6 +288,9 @@ def compare_parser():
     t.add_argument("--accelerator", default="auto", help="auto, cpu or gpu (default: auto)")
     t.add_argument("--group-by-length", action="store_true", help="batch names of similar length together (faster)")
     t.add_argument("--overwrite", action="store_true", help="replace earlier runs in <runs-dir>/<size>")
+    p.add_argument("--update-readme", nargs="?", const="README.md", default=None, metavar="README",
+                   help="also put the table and figure into README between the lines <!-- compare:start --> and "
+                        "<!-- compare:end --> (default file when given without a value: README.md)")
     w = p.add_argument_group("monitoring")
     w.add_argument("--logger", choices=("wandb", "csv", "none"), default="wandb",
                    help="wandb (default): training runs log to W&B and the figure and table go to a W&B run named "
@@ -290,6 +329,8 @@ def compare(args: argparse.Namespace) -> Path:
 
         if not torch.cuda.is_available():
             raise UserError("--device cuda: no CUDA GPU is available here; use --device cpu")
+    if args.update_readme:
+        read_readme(Path(args.update_readme))  # fail before any training
     ckpts = [Path(c) for c in args.ckpt]
     for c in ckpts:
         if not c.is_file():
@@ -330,14 +371,21 @@ def compare(args: argparse.Namespace) -> Path:
                          dir=str(runs_dir), mode=wandb_mode(args.wandb_mode))
     try:
         import wandb  # noqa: F401
-
-        offline_dir = log_to_wandb(rows, figure, report, start_run)
-        if offline_dir:
-            print(f"W&B run saved offline; upload it with: wandb sync {offline_dir}")
     except ImportError:
         if start_run is not None:
             raise UserError("--logger wandb: the wandb package is not installed; use --logger csv") from None
+    else:
+        offline_dir = log_to_wandb(rows, figure, report, start_run)
+        if offline_dir:
+            print(f"W&B run saved offline; upload it with: wandb sync {offline_dir}")
 
+    if args.update_readme:
+        import shlex
+        import sys
+
+        command = "python compare.py " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:]))
+        update_readme(Path(args.update_readme), rows, report, figure, command)
+        print(f"updated {args.update_readme}")
     print(markdown_table(rows))
     if figure is not None:
         print(f"figure: {figure}")
@@ -346,5 +394,9 @@ def compare(args: argparse.Namespace) -> Path:
 
 
 def compare_main(argv=None) -> int:
-    compare(compare_parser().parse_args(argv))
+    import sys
+
+    args = compare_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    compare(args)
     return 0

@@ -68,8 +68,11 @@ def test_compare_checkpoints_logs_to_an_active_wandb_run(compared, tmp_path):
 
     tmp, _ = compared
     ckpts = [str(tmp / "runs" / size / "best.ckpt") for size in ("small", "medium")]
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n## Compare\n<!-- compare:start -->\nold\n<!-- compare:end -->\n\n## Tests\n")
     args = compare_parser().parse_args(
-        ["--ckpt", *ckpts, "--reports-dir", str(tmp_path / "r"), "--date", "d", "-n", "50", "--logger", "none"]
+        ["--ckpt", *ckpts, "--reports-dir", str(tmp_path / "r"), "--date", "d", "-n", "50", "--logger", "none",
+         "--update-readme", str(readme)]
     )
     run = wandb.init(project="namegen-test", mode="offline", dir=str(tmp_path))
     try:
@@ -78,6 +81,9 @@ def test_compare_checkpoints_logs_to_an_active_wandb_run(compared, tmp_path):
         run_dir = run.dir
         wandb.finish()
     assert len(table_rows(report.read_text())) == 2
+    text = readme.read_text()
+    assert "old" not in text and text.startswith("# x\n") and text.endswith("<!-- compare:end -->\n\n## Tests\n")
+    assert table_rows(text) == table_rows(report.read_text()) and "(r/d/loss_curves.png)" in text
     rows = read_wandb_history(Path(run_dir).parent)
     logged = {k: v for r in rows for k, v in r.items()}
     assert logged.get("compare/table/_type") == "table-file" and logged.get("compare/table/nrows") == 2
@@ -121,6 +127,9 @@ def test_compare_bad_input_is_one_line(tmp_path, capsys):
     assert run(compare_main, ["--ckpt", str(tmp_path / "missing.ckpt")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing.ckpt" in err
+    (tmp_path / "README.md").write_text("# no markers\n")
+    assert run(compare_main, ["--train", "small", "--update-readme", str(tmp_path / "README.md")]) == 2
+    assert "<!-- compare:start -->" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         compare_main(["--train", "huge"])
     assert exc.value.code == 2 and capsys.readouterr().err.startswith("error:")

@@ -94,6 +94,15 @@ def test_sample_stats_on_hand_made_names():
     q = {"e": 1 / 7, "o": 1 / 7, "a": 2 / 7, "b": 1 / 7, "z": 1 / 7, "m": 1 / 7}
     want = 0.5 * sum(abs(p.get(c, 0) - q.get(c, 0)) for c in "ezakbom")
     assert s.first_letter_tv == pytest.approx(want)
+    assert 0 < s.first_letter_tv_noise < 1
+
+
+def test_tv_noise_floor_shrinks_with_more_samples(real_names):
+    from namegen.evaluate import tv_noise_floor
+
+    names = real_names.read_text().split()
+    small, large = tv_noise_floor(names, 1000), tv_noise_floor(names, 10_000)
+    assert 0.04 < small < 0.08 and 0.01 < large < 0.03  # about 1/sqrt(n)
 
 
 def test_total_variation_bounds():
