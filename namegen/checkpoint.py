@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from namegen.config import Config
-from namegen.data import Vocab
+from namegen.data import END, Vocab
 from namegen.errors import UserError
 from namegen.model import GRULanguageModel
 
@@ -27,6 +27,18 @@ class LoadedModel:
     @property
     def config(self) -> Config:
         return Config.from_dict(self.meta["config"], source=f"{self.path}: config")
+
+    @property
+    def start_token(self) -> int:
+        """The first input token of every name: ``.`` (1), or padding (0) for notebook models."""
+        return int(self.meta.get("start_token", END))
+
+    @property
+    def from_notebook(self) -> bool:
+        """True for a notebook ``.pth``, read directly or converted."""
+        from namegen.notebook import is_notebook_meta
+
+        return is_notebook_meta(self.meta)
 
 
 def resolve_checkpoint(path: str | Path, root: Path = Path("checkpoints")) -> Path:
@@ -67,14 +79,21 @@ def read_checkpoint(path: Path) -> dict:
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Rebuild the model from a namegen checkpoint, with nothing else needed."""
+    """Rebuild the model from a namegen checkpoint, or from the notebook's ``.pth``
+    (recognised by its keys, see ``namegen.notebook``), with nothing else needed."""
+    from namegen.notebook import from_notebook, is_notebook_checkpoint
+
     path = Path(path)
     obj = read_checkpoint(path)
+    if is_notebook_checkpoint(obj):
+        model, vocab, meta, _ = from_notebook(obj, path)
+        model.to(device).eval()
+        return LoadedModel(model=model, vocab=vocab, meta=meta, path=path)
     meta = obj.get("namegen")
     if not isinstance(meta, dict) or "state_dict" not in obj:
         raise UserError(
             f"--ckpt: {path} is not a namegen checkpoint (no 'namegen' entry); "
-            "train one with train.py or convert a notebook .pth with python -m namegen.convert"
+            "train one with train.py, or give a notebook .pth (state_dict, model_class, n_classes, ...)"
         )
     try:
         vocab = Vocab(meta["vocab"])

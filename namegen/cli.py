@@ -6,6 +6,7 @@ User mistakes surface as one line, ``error: ...``, with exit status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import warnings
@@ -132,11 +133,16 @@ def sample_parser() -> Parser:
     p = Parser(
         prog="sample.py",
         description="Print names sampled from a trained checkpoint, one per line. The checkpoint carries "
-        "the model's config and vocabulary: no --model and no data file are needed.",
+        "the model's config and vocabulary: no --model and no data file are needed. A notebook .pth "
+        "(from its save_model) is read as well, recognised by its keys.",
+        epilog="--unique and --new-only resample in bounded rounds (at most 20 x N + 1000 draws). If that "
+        "is not enough, sample.py prints the names it found, says how many are missing on stderr and exits "
+        "with status 1.",
     )
     p.add_argument("--ckpt", required=True,
-                   help="checkpoint to sample from; a bare name such as best.ckpt that is not in the current "
-                        "directory resolves to the newest checkpoints/*/best.ckpt")
+                   help="checkpoint to sample from (namegen .ckpt or notebook .pth); a bare name such as "
+                        "best.ckpt that is not in the current directory resolves to the newest "
+                        "checkpoints/*/best.ckpt")
     p.add_argument("-n", "--num", type=positive_int, default=20, help="how many names (default: 20)")
     p.add_argument("--temperature", type=positive_float, default=1.0,
                    help="softmax temperature, > 0: below 1 is safer, above 1 more adventurous (default: 1.0)")
@@ -145,32 +151,71 @@ def sample_parser() -> Parser:
     p.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same names")
     p.add_argument("--prefix", default="", help="names start with these letters (the model is conditioned on them)")
     p.add_argument("--max-len", type=positive_int, default=None,
-                   help="longest name in characters (default: the model's block_size)")
-    p.add_argument("--min-len", type=positive_int, default=1, help="shortest name in characters (default: 1)")
+                   help="longest name in characters, enforced while generating (default: the model's block_size)")
+    p.add_argument("--min-len", type=positive_int, default=1,
+                   help="shortest name in characters, enforced while generating (default: 1)")
+    p.add_argument("--unique", action="store_true", help="no name twice in the output")
+    p.add_argument("--new-only", action="store_true",
+                   help="leave out names of the training file (the one recorded in the checkpoint, which must be "
+                        "unchanged, or --data)")
+    p.add_argument("--data", default=None,
+                   help="training names file for --new-only and is_new (default: the file recorded in the "
+                        "checkpoint; notebook models record none)")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="text: one name per line (default); json: one JSON object per line with name, "
+                        "logprob (nats, under the model at temperature 1) and is_new (not in the training file; "
+                        "null when that file is unavailable)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     return p
 
 
 def sample_main(argv=None) -> int:
     args = sample_parser().parse_args(argv)
-    from namegen.api import NameGenerator
+    from namegen.api import NameGenerator, NotEnoughNames
     from namegen.checkpoint import resolve_checkpoint
+    from namegen.notebook import START_NOTE
 
     path = resolve_checkpoint(args.ckpt)
     if str(path) != args.ckpt:
         print(f"using {path}", file=sys.stderr)
     gen = NameGenerator.from_checkpoint(path, device=args.device)
-    names = gen.sample(
-        args.num,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        prefix=args.prefix,
-        seed=args.seed,
-        max_len=args.max_len,
-        min_len=args.min_len,
-    )
-    sys.stdout.write("".join(f"{name}\n" for name in names))
-    return 0
+    if gen.loaded.from_notebook:
+        print(START_NOTE.format(path=path, model_class=gen.meta["source"]["model_class"]), file=sys.stderr)
+    known = None  # the training names, when needed and available
+    if args.new_only:
+        known = gen.training_names(args.data)
+    elif args.format == "json":
+        try:
+            known = gen.training_names(args.data)
+        except UserError as exc:
+            print(f"note: is_new is null: {exc}", file=sys.stderr)
+    status, shortfall = 0, None
+    try:
+        found = gen.sample_with_logprob(
+            args.num,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            prefix=args.prefix,
+            seed=args.seed,
+            max_len=args.max_len,
+            min_len=args.min_len,
+            unique=args.unique,
+            exclude=known if args.new_only else None,
+        )
+    except NotEnoughNames as exc:
+        found, shortfall, status = exc.found, str(exc), 1
+    if args.format == "json":
+        lines = [
+            json.dumps({"name": name, "logprob": round(lp, 6), "is_new": None if known is None else name not in known})
+            for name, lp in found
+        ]
+    else:
+        lines = [name for name, _ in found]
+    sys.stdout.write("".join(f"{line}\n" for line in lines))
+    if shortfall:
+        sys.stdout.flush()
+        print(f"error: {shortfall}", file=sys.stderr)
+    return status
 
 
 def quote_command(argv: list[str]) -> str:
