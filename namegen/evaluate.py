@@ -76,6 +76,7 @@ def evaluate_nll(
     model.eval()
     order = sorted(range(len(names)), key=lambda i: len(names[i]))  # batches of similar length: less padding
     x_all, y_all, lengths = encode_names([names[i] for i in order], loaded.vocab)
+    x_all[:, 0] = loaded.start_token  # '.', or padding for notebook models
     metric = MeanMetric().to(device)
     show = len(names) >= PROGRESS_MIN if progress is None else progress
     starts = range(0, len(names), batch_size)

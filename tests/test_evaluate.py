@@ -28,12 +28,12 @@ def tiny_loaded(dropout: float = 0.0) -> LoadedModel:
     return LoadedModel(model=model, vocab=vocab, meta={"config": config, "size": "tiny"})
 
 
-def direct_nll(model, vocab, names) -> float:
+def direct_nll(model, vocab, names, start: int = 1) -> float:
     """Sum of -log p(next char) over every name, one name at a time, divided by the characters predicted."""
     total, count = 0.0, 0
     with torch.no_grad():
         for name in names:
-            ids = [1] + vocab.encode(name) + [1]  # . name .
+            ids = [start] + vocab.encode(name) + [1]  # . name .
             logits, _ = model(torch.tensor([ids[:-1]]))
             logp = torch.log_softmax(logits[0].double(), dim=-1)
             total -= sum(logp[t, ids[t + 1]].item() for t in range(len(ids) - 1))
@@ -52,6 +52,15 @@ def test_nll_matches_a_direct_computation():
     # character-weighted, not a mean of per-batch means: one batch or many give the same number
     assert evaluate_nll(loaded, names, batch_size=1024).nll == pytest.approx(got.nll, abs=1e-6)
     assert evaluate_nll(loaded, names, batch_size=1).nll == pytest.approx(got.nll, abs=1e-6)
+
+
+def test_nll_of_a_notebook_model_starts_from_padding():
+    loaded = tiny_loaded()
+    loaded.meta["start_token"] = 0  # converted notebook checkpoints start every name from padding
+    names = ["emma", "ada", "zed"]
+    want = direct_nll(loaded.model, loaded.vocab, names, start=0)
+    assert evaluate_nll(loaded, names).nll == pytest.approx(want, abs=1e-5)
+    assert abs(want - direct_nll(loaded.model, loaded.vocab, names)) > 1e-4  # the start token matters
 
 
 def test_nll_runs_in_eval_mode_and_restores_the_mode():
