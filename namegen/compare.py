@@ -127,7 +127,10 @@ class Row:
         epochs = "n/a"
         wall = tokens = "n/a"
         if hist is not None:
-            epochs = f"{hist.epochs} (best {hist.best_epoch + 1})" if hist.best_epoch is not None else str(hist.epochs)
+            planned = ev.config.get("max_epochs")
+            epochs = f"{hist.epochs}" if planned in (None, hist.epochs) else f"{hist.epochs} of {planned}"
+            if hist.best_epoch is not None:
+                epochs += f" (best {hist.best_epoch + 1})"
             wall = format_duration(hist.wall_s) if hist.wall_s is not None else "n/a"
             tokens = f"{hist.tokens_per_s:,.0f}" if hist.tokens_per_s is not None else "n/a"
         return [
@@ -152,6 +155,13 @@ def format_duration(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s" if m else f"{s}s"
+
+
+def recipe(config: dict) -> str:
+    """The training recipe of a config, in one line."""
+    keys = ("max_epochs", "lr", "batch_size", "dropout", "optimizer", "weight_decay", "lr_schedule", "grad_clip",
+            "early_stopping_patience", "seed")
+    return ", ".join(f"{k} {config[k]}" for k in keys if k in config)
 
 
 def markdown_table(rows: list[Row]) -> str:
@@ -181,7 +191,7 @@ def write_report(rows: list[Row], out_dir: Path, figure: Path | None, num_sample
         "",
         "Checkpoints:",
         "",
-        *[f"- {row.label}: `{row.evaluation.checkpoint}`" for row in rows],
+        *[f"- {row.label}: `{row.evaluation.checkpoint}` ({recipe(row.evaluation.config)})" for row in rows],
         "",
     ]
     if figure is not None:

@@ -237,6 +237,7 @@ class Evaluation:
     checkpoint: str
     size: str
     parameters: int
+    config: dict
     evaluated_on: str
     likelihood: Likelihood
     samples: SampleStats
@@ -272,6 +273,7 @@ def evaluate_checkpoint(
         checkpoint=str(ckpt),
         size=str(loaded.meta.get("size") or Path(ckpt).parent.name),
         parameters=loaded.model.num_parameters(),
+        config=dict(loaded.meta["config"]),
         evaluated_on=where,
         likelihood=likelihood,
         samples=sample_stats(samples, split.train, split.val),

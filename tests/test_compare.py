@@ -1,6 +1,7 @@
 """compare.py end to end on tiny data, the metrics.csv reader, and W&B logging of the report."""
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -133,3 +134,19 @@ def test_compare_bad_input_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         compare_main(["--train", "huge"])
     assert exc.value.code == 2 and capsys.readouterr().err.startswith("error:")
+
+
+def test_a_run_cut_short_says_so_in_the_epochs_column():
+    from namegen.compare import History, Row
+    from namegen.evaluate import Evaluation, Likelihood, SampleStats
+
+    stats = SampleStats(n=10, new=0.9, train_copy=0.1, val_only=0.0, duplicate=0.0, empty=0.0, mean_len=6.0,
+                        data_mean_len=6.1, first_letter_tv=0.1, first_letter_tv_noise=0.2)
+    ev = Evaluation(checkpoint="x/best.ckpt", size="medium", parameters=675_996, config={"max_epochs": 40},
+                    evaluated_on="v", likelihood=Likelihood(nll=2.0, ppl=math.exp(2.0), n_names=5, n_chars=30),
+                    samples=stats, examples=["ann"] * 10)
+    hist = History(train={0: 2.5, 1: 2.2, 2: 2.1}, val={0: 2.4, 1: 2.0, 2: 2.05}, wall_s=3725.0, train_s=100.0,
+                   train_tokens=150_000.0)
+    cells = Row("medium", ev, hist).cells()
+    assert cells[2] == "3 of 40 (best 2)" and cells[5] == "1h 02m 05s" and cells[6] == "1,500"
+    assert Row("medium", ev, None).cells()[2:7:3] == ["n/a", "n/a"]
