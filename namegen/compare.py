@@ -278,6 +278,9 @@ def compare_parser():
                         "curves, wall time and tokens/s)")
     p.add_argument("--train", nargs="+", action="extend", default=[], metavar="SIZE", choices=SIZES,
                    help=f"sizes to train first with configs/<size>.yaml, then compare: {', '.join(SIZES)}")
+    p.add_argument("--labels", nargs="+", default=None, metavar="NAME",
+                   help="row names, one per run in order (--ckpt runs first, then --train sizes); default: the "
+                        "size each checkpoint records")
     p.add_argument("--runs-dir", default="checkpoints",
                    help="where --train writes each size's run, as <runs-dir>/<size> (default: checkpoints, as "
                         "train.py)")
@@ -345,16 +348,21 @@ def compare(args: argparse.Namespace) -> Path:
     for c in ckpts:
         if not c.is_file():
             raise UserError(f"--ckpt: {c} not found; give the path of a best.ckpt")
+    n_runs = len(ckpts) + len(args.train)
+    if args.labels is not None and len(args.labels) != n_runs:
+        raise UserError(f"--labels: {len(args.labels)} given for {n_runs} run(s); give one per run, in order")
     ckpts += [_train_size(size, args) for size in args.train]
 
     rows: list[Row] = []
     histories: dict[str, History] = {}
     seen: set[str] = set()
-    for ckpt in ckpts:
+    for i, ckpt in enumerate(ckpts):
         print(f"evaluating {ckpt} ...", flush=True)
         ev = evaluate_checkpoint(ckpt, num_samples=args.num_samples, seed=args.sample_seed, device=args.device,
                                  progress=args.num_samples >= 5000 or None)
-        label = ev.size if ev.size not in seen else f"{ev.size} ({ckpt.parent})"
+        label = args.labels[i] if args.labels else ev.size
+        if label in seen:
+            label = f"{label} ({ckpt.parent})"
         seen.add(label)
         metrics = ckpt.parent / "metrics.csv"
         history = read_history(metrics) if metrics.is_file() else None

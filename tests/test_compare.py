@@ -73,7 +73,7 @@ def test_compare_checkpoints_logs_to_an_active_wandb_run(compared, tmp_path):
     readme.write_text("# x\n\n## Compare\n<!-- compare:start -->\nold\n<!-- compare:end -->\n\n## Tests\n")
     args = compare_parser().parse_args(
         ["--ckpt", *ckpts, "--reports-dir", str(tmp_path / "r"), "--date", "d", "-n", "50", "--logger", "none",
-         "--update-readme", str(readme)]
+         "--update-readme", str(readme), "--labels", "S", "M"]
     )
     run = wandb.init(project="namegen-test", mode="offline", dir=str(tmp_path))
     try:
@@ -81,7 +81,7 @@ def test_compare_checkpoints_logs_to_an_active_wandb_run(compared, tmp_path):
     finally:
         run_dir = run.dir
         wandb.finish()
-    assert len(table_rows(report.read_text())) == 2
+    assert [r[0] for r in table_rows(report.read_text())] == ["S", "M"]
     text = readme.read_text()
     assert "old" not in text and text.startswith("# x\n") and text.endswith("<!-- compare:end -->\n\n## Tests\n")
     assert table_rows(text) == table_rows(report.read_text()) and "(r/d/loss_curves.png)" in text
