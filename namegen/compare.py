@@ -178,8 +178,9 @@ def write_report(rows: list[Row], out_dir: Path, figure: Path | None, num_sample
         "",
         markdown_table(rows),
         "",
-        f"- best val/loss: mean NLL per character (nats) of `best.ckpt` on the validation split it was trained "
-        f"with ({first.evaluated_on.split(': ')[0]}); perplexity is its exp.",
+        "- best val/loss: mean NLL per character (nats) of each `best.ckpt` on the validation split it was "
+        f"trained with, rebuilt from the data file and seed it records (first row: {first.evaluated_on}); "
+        "perplexity is its exp.",
         "- epochs: epochs trained, and the epoch of the best val/loss; wall time: training epochs with their "
         "validation, from the run's `metrics.csv`; tokens/s: predicted training characters per second of "
         "training steps.",
@@ -195,7 +196,7 @@ def write_report(rows: list[Row], out_dir: Path, figure: Path | None, num_sample
         "",
     ]
     if figure is not None:
-        lines[3:3] = [f"![train and validation loss per epoch]({figure.name})", ""]
+        lines[2:2] = [f"![train and validation loss per epoch]({figure.name})", ""]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
