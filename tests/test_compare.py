@@ -63,7 +63,7 @@ def test_reported_loss_is_the_training_best_val_loss(compared):
         assert hist.wall_s > 0 and hist.train_s > 0 and hist.train_tokens > 0
 
 
-def test_compare_checkpoints_logs_to_an_active_wandb_run(compared, tmp_path):
+def test_compare_checkpoints_logs_to_an_active_wandb_run(compared, tmp_path, monkeypatch):
     import wandb
     from test_train_sample import read_wandb_history
 
@@ -75,12 +75,16 @@ def test_compare_checkpoints_logs_to_an_active_wandb_run(compared, tmp_path):
         ["--ckpt", *ckpts, "--reports-dir", str(tmp_path / "r"), "--date", "d", "-n", "50", "--logger", "none",
          "--update-readme", str(readme), "--labels", "S", "M"]
     )
+    # wandb.init exports WANDB_SERVICE; later tests' subprocesses must not inherit it
+    monkeypatch.setenv("WANDB_SERVICE", "")
+    monkeypatch.delenv("WANDB_SERVICE")
     run = wandb.init(project="namegen-test", mode="offline", dir=str(tmp_path))
     try:
         report = compare(args)
     finally:
         run_dir = run.dir
         wandb.finish()
+        wandb.teardown()
     assert [r[0] for r in table_rows(report.read_text())] == ["S", "M"]
     text = readme.read_text()
     assert "old" not in text and text.startswith("# x\n") and text.endswith("<!-- compare:end -->\n\n## Tests\n")
