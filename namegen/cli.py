@@ -79,6 +79,10 @@ def train_parser() -> Parser:
                    help="replace checkpoints from an earlier run in --out (without it, train.py refuses to)")
     p.add_argument("--group-by-length", action="store_true",
                    help="batch names of similar length together (less padding, faster epochs)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (CUDA: mode reduce-overhead, CUDA graphs); off by default. "
+                        "Each distinct batch length compiles once: minutes of compiling up front, worth it "
+                        "only for long runs")
     g = p.add_argument_group("Lightning Trainer (passed through)")
     g.add_argument("--accelerator", default="auto", help="auto, cpu or gpu (default: auto)")
     g.add_argument("--devices", type=_devices, default="auto", help="number of devices, or a list such as 0,1 (default: auto)")
@@ -166,6 +170,8 @@ def sample_parser() -> Parser:
                         "logprob (nats, under the model at temperature 1) and is_new (not in the training file; "
                         "null when that file is unavailable)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model before sampling (CUDA: CUDA graphs); pays off only for large -n")
     return p
 
 
@@ -179,6 +185,10 @@ def sample_main(argv=None) -> int:
     if str(path) != args.ckpt:
         print(f"using {path}", file=sys.stderr)
     gen = NameGenerator.from_checkpoint(path, device=args.device)
+    if args.compile:
+        from namegen.model import compile_model
+
+        compile_model(gen.model, gen.device.type)
     if gen.loaded.from_notebook:
         print(START_NOTE.format(path=path, model_class=gen.meta["source"]["model_class"]), file=sys.stderr)
     known = None  # the training names, when needed and available

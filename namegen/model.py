@@ -47,9 +47,13 @@ class GRUCell(nn.Module):
 
         Columns are [reset | update | candidate]; the gate biases are folded in.
         """
-        weight = torch.cat([self.Wrx.weight, self.Wzx.weight, self.Wx.weight])  # (3H, n_in)
-        bias = torch.cat([self.Wrx.bias + self.bias_r, self.Wzx.bias + self.bias_z, self.Wx.bias])  # (3H,)
-        return F.linear(x, weight, bias)
+        return F.linear(x, *self.input_weights())
+
+    def input_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W_in (3H, n_in), b_in (3H,)): the input maps [reset | update | candidate], gate biases folded in."""
+        weight = torch.cat([self.Wrx.weight, self.Wzx.weight, self.Wx.weight])
+        bias = torch.cat([self.Wrx.bias + self.bias_r, self.Wzx.bias + self.bias_z, self.Wx.bias])
+        return weight, bias
 
     def hidden_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(W_rz (2H, H), W_h (H, H)): the two hidden-side matmuls a step needs."""
@@ -63,6 +67,110 @@ class GRUCell(nn.Module):
         r, z = rz[:, :H], rz[:, H:]
         n = torch.tanh(gx[:, 2 * H :] + (r * h) @ w_h.t())  # (B, H): candidate
         return h + z * (n - h)  # == (1 - z) * h + z * n
+
+
+# ------------------------------------------------------------------------------- one layer, all steps
+#
+# At these sizes on a CPU, recording every small op of every step for autograd costs
+# more than the math, so a whole layer (input projection + recurrence) is one autograd
+# node with a hand-written backward, checked against autograd by gradcheck in float64
+# (tests/test_speed_paths.py). Tensors are time-major, (T, B, ...), so step t is a
+# contiguous slice. Per step the forward runs 2 matmuls and 4 elementwise ops, written
+# in place into one preallocated buffer; the backward runs 2 matmuls and 5 elementwise
+# ops, because every factor that depends only on the forward's activations is computed
+# for all steps at once before the backward loop; the weight gradients are single
+# matmuls over all T*B rows after it.
+
+
+def _layer_forward(x, w_in, b_in, h0, w_rz, w_h, mask):
+    """One layer over all steps. Returns out (T, B, H), gates (T, B, 3H) = [r | z | ñ], q (T, B, H).
+
+    x: (T, B, n_in); w_in: (3H, n_in), b_in: (3H,) the input maps [reset | update | candidate]
+    with the gate biases folded in; h0: (B, H); w_rz: (2H, H); w_h: (H, H); mask: (T, B, H)
+    dropout mask scaled by 1/(1-p), or None. out[t] is the (dropped) state step t+1 sees.
+    """
+    T, B, n_in = x.shape
+    H = h0.shape[-1]
+    # all steps' input terms in one matmul; each step then adds its hidden terms in place
+    gates = torch.addmm(b_in, x.reshape(T * B, n_in), w_in.t()).view(T, B, 3 * H)  # (T, B, 3H)
+    out = x.new_empty(T, B, H)
+    q_all = x.new_empty(T, B, H)  # r * h_prev: the input of W_h, kept for its weight gradient
+    w_rz_t, w_h_t = w_rz.t(), w_h.t()
+    # per-step views made once (no indexing in the loop)
+    steps = zip(gates[..., : 2 * H].unbind(0), gates[..., 2 * H :].unbind(0), q_all.unbind(0), out.unbind(0),
+                mask.unbind(0) if mask is not None else [None] * T)
+    h = h0
+    for g_rz, g_n, q_t, out_t, mask_t in steps:
+        rz = g_rz.addmm_(h, w_rz_t).sigmoid_()  # (B, 2H): reset r | update z
+        r, z = rz[:, :H], rz[:, H:]
+        q = torch.mul(r, h, out=q_t)  # (B, H): the reset past r * h
+        n = g_n.addmm_(q, w_h_t).tanh_()  # (B, H): candidate ñ
+        h = torch.lerp(h, n, z, out=out_t)  # (B, H): h + z (ñ - h) == (1 - z) h + z ñ
+        if mask_t is not None:
+            h.mul_(mask_t)  # dropout inside the recurrence: the next step sees the dropped state
+    return out, gates, q_all
+
+
+class _GRULayer(torch.autograd.Function):
+    """out = layer(x, w_in, b_in, h0, w_rz, w_h; mask): one autograd node per layer."""
+
+    @staticmethod
+    def forward(ctx, x, w_in, b_in, h0, w_rz, w_h, mask):
+        out, gates, q = _layer_forward(x, w_in, b_in, h0, w_rz, w_h, mask)
+        ctx.save_for_backward(x, w_in, h0, w_rz, w_h, mask, out, gates, q)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, w_in, h0, w_rz, w_h, mask, out, gates, q = ctx.saved_tensors
+        T, B, H = out.shape
+        r, z, n = gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H :]  # (T, B, H) each
+        h_prev = torch.cat([h0[None], out[:-1]])  # (T, B, H): the state each step saw
+        # Factors of the chain rule that depend only on the forward, for all steps at once.
+        # g = the grad of a step's undropped output h'_t = h_prev + z (ñ - h_prev); with the
+        # dropout mask m, g = m * (grad of the dropped h_t), so m is folded into the factors.
+        # (sigmoid_backward(g, y) = g y (1 - y), tanh_backward(g, y) = g (1 - y²): one fused op each)
+        zm = z if mask is None else z * mask
+        f_n = torch.ops.aten.tanh_backward(zm, n)  # dL/da_n = g z (1 - ñ²), a_n: candidate pre-activation
+        d = n - h_prev if mask is None else (n - h_prev).mul_(mask)
+        f_z = torch.ops.aten.sigmoid_backward(d, z)  # dL/da_z = g (ñ - h) z (1 - z)
+        f_r = torch.ops.aten.sigmoid_backward(h_prev, r)  # dL/da_r = dq h_prev r (1 - r), dq: grad of q = r h
+        f_h = 1 - z if mask is None else mask - zm  # direct path: dL/dh_prev += g (1 - z)
+        dgates = torch.empty_like(gates)  # (T, B, 3H): grads of the pre-activations [a_r | a_z | a_n]
+        dout = dout.contiguous()
+        dh = dout[T - 1].clone()  # (B, H): total grad of the dropped h_t
+        da_r, da_z, da_n = dgates[..., :H].unbind(0), dgates[..., H : 2 * H].unbind(0), dgates[..., 2 * H :].unbind(0)
+        da_rz = dgates[..., : 2 * H].unbind(0)
+        f_n, f_z, f_r, f_h, r_t, dout_t = (v.unbind(0) for v in (f_n, f_z, f_r, f_h, r, dout))
+        for t in range(T - 1, -1, -1):
+            torch.mul(dh, f_n[t], out=da_n[t])  # (B, H): dL/da_n
+            torch.mul(dh, f_z[t], out=da_z[t])  # (B, H): dL/da_z
+            dq = da_n[t] @ w_h  # (B, H): grad of q = r * h_prev
+            torch.mul(dq, f_r[t], out=da_r[t])  # (B, H): dL/da_r
+            # grad of h_{t-1}: the direct path, plus the later loss terms at step t-1 ...
+            dh_prev = torch.addcmul(dout_t[t - 1], dh, f_h[t]) if t > 0 else dh * f_h[t]
+            dh_prev.addcmul_(dq, r_t[t])  # ... through q = r * h_prev ...
+            dh = dh_prev.addmm_(da_rz[t], w_rz)  # ... and through both gates' W_rz h_prev
+        # weight and input gradients, batched over all T*B rows
+        dg = dgates.view(T * B, 3 * H)
+        dx = torch.mm(dg, w_in).view_as(x)  # (T, B, n_in)
+        dw_in = torch.mm(dg.t(), x.reshape(T * B, -1))  # (3H, n_in)
+        db_in = dg.sum(0)  # (3H,)
+        dw_rz = torch.mm(dg[:, : 2 * H].t(), h_prev.view(T * B, H))  # (2H, H)
+        dw_h = torch.mm(dg[:, 2 * H :].t(), q.view(T * B, H))  # (H, H)
+        return dx, dw_in, db_in, dh, dw_rz, dw_h, None
+
+
+def gru_layer(x: torch.Tensor, w_in: torch.Tensor, b_in: torch.Tensor, h0: torch.Tensor, w_rz: torch.Tensor,
+              w_h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """All T steps of one layer. x: (T, B, n_in), h0: (B, H) -> out (T, B, H); out[-1] is the final state.
+
+    Same math as ``GRUCell.fused_step`` stepped over ``GRUCell.input_projection(x)``, with each new
+    state multiplied by ``mask[t]``. Weights as ``GRUCell.input_weights()`` and ``hidden_weights()``.
+    """
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, w_in, b_in, h0, w_rz, w_h)):
+        return _GRULayer.apply(x, w_in, b_in, h0, w_rz, w_h, mask)
+    return _layer_forward(x, w_in, b_in, h0, w_rz, w_h, mask)[0]
 
 
 class GRULanguageModel(nn.Module):
@@ -111,19 +219,59 @@ class GRULanguageModel(nn.Module):
         B, T = idx.shape
         if h is None:
             h = self.init_hidden(B, idx.device)
-        x = self.embedding(idx)  # (B, T, n_embd)
+        x = self.embedding(idx.t())  # (T, B, n_embd): time-major, step t is a contiguous slice
         h_last = []
         for layer, h_l in zip(self.layers, h):
-            gx = layer.input_projection(x)  # (B, T, 3H), every step at once
-            w_rz, w_h = layer.hidden_weights()
-            outputs = []
-            for gx_t in gx.unbind(1):  # gx_t: (B, 3H)
-                h_l = self.dropout(layer.fused_step(gx_t, h_l, w_rz, w_h))  # (B, H)
-                outputs.append(h_l)
-            x = torch.stack(outputs, dim=1)  # (B, T, H): this layer's states feed the next
-            h_last.append(h_l)
-        logits = self.head(self.norm(x))  # (B, T, V)
-        return logits, torch.stack(h_last)
+            mask = self._dropout_mask(T, B, x)  # (T, B, H) or None
+            x = gru_layer(x, *layer.input_weights(), h_l, *layer.hidden_weights(), mask)  # (T, B, H) feeds the next layer
+            h_last.append(x[-1])  # (B, H): the final (dropped) state
+        logits = self.head(self.norm(x))  # (T, B, V)
+        return logits.transpose(0, 1).contiguous(), torch.stack(h_last)  # (B, T, V), (n_layer, B, H)
+
+    def _dropout_mask(self, T: int, B: int, like: torch.Tensor) -> torch.Tensor | None:
+        """(T, B, H) inverted-dropout mask for every step's state, or None when dropout is off.
+
+        Each entry is 0 or 1/keep. Drawn as 16-bit uniform integers, four from each 64-bit
+        ``randint`` draw (several times faster on a CPU than ``bernoulli_``), so the keep
+        probability is (1 - p) rounded to a multiple of 2^-16, and the scale uses that
+        rounded value: E[mask] = 1 exactly.
+        """
+        p = self.dropout.p
+        if not self.training or p == 0:
+            return None
+        H = self.n_hidden
+        keep_units = round((1 - p) * 65536)  # keep with probability keep_units / 2^16
+        if keep_units == 0:
+            return like.new_zeros(T, B, H)
+        n = T * B * H
+        bits = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=like.device)
+        u16 = bits.view(torch.int16)[:n].view(T, B, H)  # uniform over [-2^15, 2^15)
+        keep = u16 < keep_units - 32768  # (T, B, H) bool
+        return keep.to(like.dtype).mul_(65536 / keep_units)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def compile_model(model: nn.Module, device_type: str = "cpu", backend: str | None = None) -> nn.Module:
+    """torch.compile ``model`` in place (``nn.Module.compile``: state_dict keys do not change).
+
+    On CUDA the mode is ``reduce-overhead`` (CUDA graphs remove the per-step launch
+    overhead of the recurrence); elsewhere the default mode. The step loop is unrolled
+    per sequence length, so each distinct batch length compiles once: the recompile
+    limit is raised to cover every length of a names file. ``backend`` is for tests
+    (``aot_eager`` traces without generating code).
+    """
+    import torch._dynamo.config as dynamo_config
+
+    if hasattr(dynamo_config, "recompile_limit"):
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
+    else:  # older torch
+        dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, 64)
+    kwargs: dict = {"dynamic": False}
+    if backend is not None:
+        kwargs["backend"] = backend
+    elif device_type == "cuda":
+        kwargs["mode"] = "reduce-overhead"
+    model.compile(**kwargs)
+    return model

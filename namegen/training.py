@@ -76,6 +76,11 @@ def train(args: argparse.Namespace) -> float | None:
         "data": {"path": str(data_path.resolve()), "sha256": datamodule.sha256, "n_names": len(datamodule.names)},
     }
     module = NameGenModule(config, vocab.chars, meta=meta)
+    if getattr(args, "compile", False):
+        from namegen.model import compile_model
+
+        on_gpu = args.accelerator in ("gpu", "cuda") or (args.accelerator == "auto" and torch.cuda.is_available())
+        compile_model(module.model, "cuda" if on_gpu else "cpu")
     n_params = module.model.num_parameters()
 
     say(f"namegen: training {run_name} on {data_path} ({len(datamodule.train_names):,} train / "
