@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_only
 
+from namegen.callbacks import RunClock
 from namegen.checkpoint import read_checkpoint
 from namegen.checkpoint_io import AtomicCheckpointIO, remove_stale_temporaries
 from namegen.cli import INTERRUPTED, quote_command
@@ -212,7 +213,7 @@ def train(args: argparse.Namespace) -> float | None:
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    callbacks: list[pl.Callback] = [checkpoint, SampleTable()]
+    callbacks: list[pl.Callback] = [checkpoint, SampleTable(), RunClock()]
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if config.early_stopping_patience:

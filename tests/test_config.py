@@ -9,12 +9,21 @@ TABLE = {  # the notebook's table: layers, embd, hidden, epochs, lr, batch, bloc
     "large": (3, 128, 512, 60, 3e-4, 256, 20, 0.2, "adamw"),
 }
 
+# Recipe columns the configs change on purpose (issue 4, to reach the quality targets; README's
+# "Compare the sizes" says why). Every other column must stay the notebook's.
+RECIPE_CHANGES = {
+    "small": {"lr": 2e-3, "dropout": 0.1, "optimizer": "adamw"},
+    "medium": {"lr": 1e-3, "optimizer": "adamw"},
+    "large": {},
+}
+COLUMNS = ("n_layer", "n_embd", "n_hidden", "max_epochs", "lr", "batch_size", "block_size", "dropout", "optimizer")
+
 
 @pytest.mark.parametrize("size", SIZES)
 def test_configs_carry_the_notebook_table(size):
     c = load_config(size)
-    assert (c.n_layer, c.n_embd, c.n_hidden, c.max_epochs, c.lr, c.batch_size, c.block_size, c.dropout,
-            c.optimizer) == TABLE[size]
+    want = dict(zip(COLUMNS, TABLE[size])) | RECIPE_CHANGES[size]
+    assert {k: getattr(c, k) for k in COLUMNS} == want
     assert c.layer_norm == (size == "large")
 
 
@@ -35,7 +44,7 @@ def test_wrong_type_and_missing_keys_are_errors(tmp_path):
 
 def test_overrides_replace_only_given_values():
     c = load_config("medium").replace(max_epochs=2, lr=None)
-    assert c.max_epochs == 2 and c.lr == 5e-4
+    assert c.max_epochs == 2 and c.lr == 1e-3
 
 
 def test_unknown_size_is_a_clear_error():
