@@ -29,15 +29,6 @@ SIZES = {
 LETTERS = set("abcdefghijklmnopqrstuvwxyz")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls: one thread is many times faster than several on a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pth_files(tmp_path_factory):
     """saved_models/GRU_{alpha,beta,gamma}_model_v1.pth, written by the notebook's save_model."""

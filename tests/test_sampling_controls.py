@@ -21,15 +21,6 @@ from namegen.module import CHECKPOINT_FORMAT
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls: one thread is many times faster than several on a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def ckpt(tmp_path):
     train = tmp_path / "train.txt"
