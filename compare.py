@@ -1,9 +1,8 @@
-"""Compare GRU sizes: train or take checkpoints, write reports/<date>/report.md and loss_curves.png (see --help)."""
+"""`python compare.py ...` is `namegen compare ...` (see `python compare.py --help`)."""
 
 import sys
 
-from namegen.cli import run
-from namegen.compare import compare_main
+from namegen.cli import script_main
 
 if __name__ == "__main__":
-    sys.exit(run(compare_main))
+    sys.exit(script_main("compare"))

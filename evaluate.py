@@ -1,9 +1,8 @@
-"""Evaluate a checkpoint: NLL per character, perplexity and sample statistics (see --help)."""
+"""`python evaluate.py ...` is `namegen evaluate ...` (see `python evaluate.py --help`)."""
 
 import sys
 
-from namegen.cli import run
-from namegen.evaluate import evaluate_main
+from namegen.cli import script_main
 
 if __name__ == "__main__":
-    sys.exit(run(evaluate_main))
+    sys.exit(script_main("evaluate"))

@@ -1,8 +1,8 @@
-"""Sample names from a checkpoint: python sample.py --ckpt best.ckpt (see --help)."""
+"""`python sample.py ...` is `namegen sample ...` (see `python sample.py --help`)."""
 
 import sys
 
-from namegen.cli import run, sample_main
+from namegen.cli import script_main
 
 if __name__ == "__main__":
-    sys.exit(run(sample_main))
+    sys.exit(script_main("sample"))

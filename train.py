@@ -1,8 +1,8 @@
-"""Train a GRU name generator: python train.py --model small (see --help)."""
+"""`python train.py ...` is `namegen train ...` (see `python train.py --help`)."""
 
 import sys
 
-from namegen.cli import run, train_main
+from namegen.cli import script_main
 
 if __name__ == "__main__":
-    sys.exit(run(train_main))
+    sys.exit(script_main("train"))

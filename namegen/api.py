@@ -1,16 +1,40 @@
-"""``NameGenerator``: the Python API over a trained checkpoint. ``sample.py`` is a thin layer on it."""
+"""The Python API: ``load_model`` reads any model file, ``NameGenerator`` samples and scores names.
+
+``sample.py`` (``namegen sample``) is a thin layer on it. Importing it loads no
+Lightning, W&B or scikit-learn: a model can be used with torch alone.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from namegen.checkpoint import LoadedModel, load_checkpoint
-from namegen.data import IGNORE, encode_names, read_names, sha256_of
-from namegen.errors import UserError
+from namegen.checkpoint import LoadedModel, from_checkpoint_dict, read_checkpoint
+from namegen.data import IGNORE, encode_names, find_training_file, read_names
+from namegen.errors import DeviceUnavailable, UserError
+from namegen.model import char_nll
+from namegen.notebook import from_notebook, is_notebook_checkpoint
 from namegen.sampling import sample_ids
+
+
+def check_device(device: str | torch.device, about: str = "device") -> torch.device:
+    """``device`` as a torch.device; DeviceUnavailable when it is CUDA and this machine has none.
+    The one CUDA check of namegen (sampling, evaluation, training's accelerator)."""
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailable("no CUDA GPU is available on this machine", about=about)
+    return device
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild the model of a namegen checkpoint, or of the notebook's ``.pth`` (recognised by
+    its keys, see ``namegen.notebook``), with nothing else needed."""
+    path, device = Path(path), check_device(device)
+    obj = read_checkpoint(path)
+    if is_notebook_checkpoint(obj):
+        return from_notebook(obj, path, device)[0]
+    return from_checkpoint_dict(obj, path, device)
 
 
 class NameGenerator:
@@ -47,12 +71,12 @@ class NameGenerator:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "NameGenerator":
-        device = _check_device(device)
-        return cls(load_checkpoint(path, device), device)
+        device = check_device(device)
+        return cls(load_model(path, device), device)
 
     @property
     def block_size(self) -> int:
-        return int(self.meta["config"]["block_size"])
+        return self.loaded.config.block_size
 
     def sample(
         self,
@@ -127,60 +151,15 @@ class NameGenerator:
             for start in range(0, n, batch_size):
                 out.extend(draw(min(batch_size, n - start)))
             return out
-
-        limit = max_draws if max_draws is not None else 20 * n + 1000
-        if limit < n:
-            raise UserError(f"max_draws must be at least n ({n}), got {limit}")
-        exclude = exclude or set()
-        seen: set[str] = set()
-        out, draws = [], 0
-        while len(out) < n and draws < limit:
-            k = min(batch_size, limit - draws, max(2 * (n - len(out)), 256))
-            draws += k
-            for name, lp in draw(k):
-                if name in exclude or (unique and name in seen):
-                    continue
-                seen.add(name)
-                out.append((name, lp))
-                if len(out) == n:
-                    break
-        if len(out) < n:
-            wanted = " and ".join(w for w, on in (("distinct", unique), ("new", bool(exclude))) if on) or "allowed"
-            bound = "max_draws" if max_draws is not None else "the bound, 20 x n + 1000"
-            raise NotEnoughNames(
-                f"only {len(out)} of {n} {wanted} names after {draws} draws ({bound}); "
-                "ask for fewer, or loosen --max-len/--min-len/--prefix/--top-k/--temperature",
-                found=out,
-            )
-        return out
+        return _draw_filtered(draw, n, unique, exclude or set(), max_draws, batch_size)
 
     def training_names(self, data: str | Path | None = None) -> set[str]:
-        """The names of the training file, to pass as ``exclude=``.
-
-        Reads ``data`` if given, else the file the checkpoint records
-        (``meta["data"]["path"]``), which must still be there with the recorded
-        sha256. Raises UserError saying which of these failed.
-        """
-        recorded = self.meta.get("data") or {}
+        """The names of the training file, to pass as ``exclude=``: ``data`` if given (any file),
+        else the file the checkpoint records, which must still be there with the recorded sha256.
+        Raises UserError saying which of these failed."""
         if data is not None:
             return set(read_names(data))
-        path, sha = recorded.get("path"), recorded.get("sha256")
-        if not path:
-            raise UserError(
-                "this checkpoint does not record its training file (notebook models do not); "
-                "pass the file with --data PATH"
-            )
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(
-                f"the training file recorded in the checkpoint, {path}, is not there; pass it with --data PATH"
-            )
-        if sha and sha256_of(path) != sha:
-            raise UserError(
-                f"the training file {path} has changed since training (its sha256 differs from the one "
-                "recorded in the checkpoint); pass the original with --data PATH"
-            )
-        return set(read_names(path))
+        return set(read_names(find_training_file(self.meta.get("data"), owner=str(self.loaded.path or "this checkpoint"))))
 
     @torch.no_grad()
     def score(self, names: list[str]) -> list[float]:
@@ -190,44 +169,68 @@ class NameGenerator:
         for name in names:
             unknown = self.vocab.unknown_chars(name)
             if unknown or not name:
-                raise UserError(f"cannot score {name!r}: characters not in the vocabulary: {''.join(unknown)!r}")
+                raise UserError(f"cannot score {name!r}: characters not in the vocabulary: {''.join(unknown)!r}",
+                                about="names")
         x, y, _ = encode_names(names, self.vocab)
         x, y = x.to(self.device), y.to(self.device)
         x[:, 0] = self.start_token  # '.' for namegen models, padding for notebook ones
         logits, _ = self.model(x)  # (N, T, V)
-        nll = F.cross_entropy(logits.transpose(1, 2).float(), y, ignore_index=IGNORE, reduction="none")  # (N, T)
-        return nll.sum(dim=1).tolist()
+        return char_nll(logits, y, IGNORE).sum(dim=1).tolist()
 
     def _check(self, n, temperature, top_k, prefix, max_len, min_len) -> None:
+        """Messages name the argument (``top_k``); the command line says its flag (``--top-k``) instead."""
         if n <= 0:
-            raise UserError(f"--num must be a positive integer, got {n}")
+            raise UserError(f"n must be a positive integer, got {n}", about="n")
         if not temperature > 0:
-            raise UserError(f"--temperature must be greater than 0, got {temperature}")
+            raise UserError(f"temperature must be greater than 0, got {temperature}", about="temperature")
         n_chars = len(self.vocab) - 1  # every token but padding can be sampled
         if top_k is not None and not 1 <= top_k <= n_chars:
-            raise UserError(f"--top-k must be between 1 and {n_chars} (this model's vocabulary), got {top_k}")
+            raise UserError(f"top_k must be between 1 and {n_chars} (this model's vocabulary), got {top_k}",
+                            about="top_k")
         unknown = self.vocab.unknown_chars(prefix)
         if unknown:
-            raise UserError(
-                f"--prefix: {''.join(unknown)!r} not in this model's vocabulary "
-                f"({''.join(self.vocab.chars)!r})"
-            )
+            raise UserError(f"prefix: {''.join(unknown)!r} not in this model's vocabulary "
+                            f"({''.join(self.vocab.chars)!r})", about="prefix")
         if min_len < 0 or max_len < 1 or max_len < max(min_len, len(prefix), 1):
             raise UserError(
-                f"--max-len {max_len} must be at least 1, --min-len {min_len} and the prefix length {len(prefix)}"
+                f"max_len {max_len} must be at least 1, min_len {min_len} and the prefix length {len(prefix)}",
+                about="max_len",
             )
+
+
+def _draw_filtered(draw, n: int, unique: bool, exclude: set[str], max_draws: int | None,
+                   batch_size: int) -> list[tuple[str, float]]:
+    """``n`` names from ``draw(k)``, dropping repeats (``unique``) and names in ``exclude``, in bounded
+    rounds: at most ``max_draws`` draws (default ``20 * n + 1000``), else NotEnoughNames."""
+    limit = max_draws if max_draws is not None else 20 * n + 1000
+    if limit < n:
+        raise UserError(f"max_draws must be at least n ({n}), got {limit}", about="max_draws")
+    seen: set[str] = set()
+    out, draws = [], 0
+    while len(out) < n and draws < limit:
+        k = min(batch_size, limit - draws, max(2 * (n - len(out)), 256))
+        draws += k
+        for name, lp in draw(k):
+            if name in exclude or (unique and name in seen):
+                continue
+            seen.add(name)
+            out.append((name, lp))
+            if len(out) == n:
+                break
+    if len(out) < n:
+        wanted = " and ".join(w for w, on in (("distinct", unique), ("new", bool(exclude))) if on) or "allowed"
+        bound = "max_draws" if max_draws is not None else "the bound, 20 x n + 1000"
+        raise NotEnoughNames(
+            f"only {len(out)} of {n} {wanted} names after {draws} draws ({bound}); "
+            "ask for fewer, or loosen max_len/min_len/prefix/top_k/temperature",
+            found=out,
+        )
+    return out
 
 
 class NotEnoughNames(UserError):
     """``unique``/``exclude`` could not be met within ``max_draws``; ``found`` holds what was."""
 
     def __init__(self, message: str, found: list[tuple[str, float]]):
-        super().__init__(message)
+        super().__init__(message, about="sampling")
         self.found = found
-
-
-def _check_device(device) -> torch.device:
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is available here; use --device cpu")
-    return device

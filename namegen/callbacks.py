@@ -1,13 +1,20 @@
-"""Training callbacks that record what the size comparison reports: wall time and throughput."""
+"""What the Trainer is handed besides the module: callbacks (run clock, sample table) and the
+checkpoint-IO plugin that writes checkpoints atomically."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from namegen.data import IGNORE
+from namegen.checkpoint import atomic_torch_save
+from namegen.data import IGNORE, Vocab
+from namegen.loggers import find_wandb_logger
+from namegen.sampling import sample_ids
 
 
 class RunClock(pl.Callback):
@@ -81,3 +88,46 @@ class RunClock(pl.Callback):
         self.wall_s = float(state_dict.get("wall_s", 0.0))
         self.train_s = float(state_dict.get("train_s", 0.0))
         self.train_tokens = int(state_dict.get("train_tokens", 0))
+
+
+class SampleTable(pl.Callback):
+    """After each validation epoch, sample a few names and log them as a W&B table (rank 0)."""
+
+    def __init__(self, n: int = 10, seed: int = 0):
+        self.n, self.seed = n, seed
+        self.rows: list[list] = []
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
+        logger = find_wandb_logger(trainer)
+        if trainer.sanity_checking or logger is None or not trainer.is_global_zero:
+            return
+        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        ids, _ = sample_ids(
+            pl_module.model,
+            self.n,
+            max_len=pl_module.config.block_size,
+            generator=generator,
+            device=pl_module.device,
+        )
+        vocab = Vocab(pl_module.vocab_chars)
+        names = [vocab.decode(row) for row in ids]
+        self.rows.extend([trainer.current_epoch, name] for name in names)
+        # W&B tables are immutable once logged: log the table so far, one row per name.
+        logger.log_table(key="samples", columns=["epoch", "name"], data=list(self.rows))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO``, but local files are written by ``atomic_torch_save``.
+
+    Lightning saves through ``fsspec``'s transaction, which writes under the *system*
+    temporary directory and then moves the file into place: across filesystems (a
+    tmpfs ``/tmp``) that move is a copy straight into ``best.ckpt``, and a kill during
+    it leaves a truncated checkpoint. Here a kill leaves the old file or the new one.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not take storage_options, got {storage_options!r}")
+        if not _is_local_file_protocol(path):  # s3://, gs://: fsspec's own transaction
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_torch_save(checkpoint, path)

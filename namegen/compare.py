@@ -9,15 +9,25 @@ figure and table are logged to it too.
 
 from __future__ import annotations
 
-import argparse
 import csv
+import dataclasses
 import datetime as dt
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from namegen.errors import UserError
-from namegen.evaluate import Evaluation, evaluate_checkpoint
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import wandb  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from namegen.api import check_device  # noqa: E402
+from namegen.errors import UserError  # noqa: E402
+from namegen.evaluate import Evaluation, evaluate_checkpoint  # noqa: E402
+from namegen.loggers import WANDB_PROJECT, wandb_mode  # noqa: E402
+from namegen.training import TrainOptions, train  # noqa: E402
 
 TABLE_COLUMNS = [
     "size", "parameters", "epochs", "best val/loss", "perplexity", "wall time", "tokens/s",
@@ -84,11 +94,6 @@ def read_history(path: str | Path) -> History:
 
 def plot_curves(histories: dict[str, History], path: Path) -> Path:
     """One figure: validation (solid) and training (dashed) loss per epoch, a colour per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(8, 5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, hist) in enumerate(histories.items()):
@@ -101,8 +106,6 @@ def plot_curves(histories: dict[str, History], path: Path) -> Path:
             epochs = sorted(hist.train)
             ax.plot([e + 1 for e in epochs], [hist.train[e] for e in epochs], "--", color=color,
                     label=f"{label} train")
-    from matplotlib.ticker import MaxNLocator
-
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (mean NLL per character, nats)")
@@ -209,12 +212,12 @@ README_END = "<!-- compare:end -->"
 def read_readme(readme: Path) -> tuple[str, int, int]:
     """README's text and where its compare markers are; a UserError when they are missing."""
     if not readme.is_file():
-        raise UserError(f"--update-readme: {readme} not found")
+        raise UserError(f"{readme} not found", about="update_readme")
     text = readme.read_text(encoding="utf-8")
     start, end = text.find(README_START), text.find(README_END)
     if start < 0 or end < start:
-        raise UserError(f"--update-readme: {readme} lacks the lines {README_START} and {README_END} "
-                        "that mark where the report goes")
+        raise UserError(f"{readme} lacks the lines {README_START} and {README_END} "
+                        "that mark where the report goes", about="update_readme")
     return text, start, end
 
 
@@ -239,8 +242,6 @@ def update_readme(readme: Path, rows: list[Row], report: Path, figure: Path | No
 def log_to_wandb(rows: list[Row], figure: Path | None, report: Path, start_run: dict | None) -> str | None:
     """Log the figure and the table to the active W&B run, or to a new one when ``start_run`` gives its
     settings. Returns the offline run's directory when one was started offline."""
-    import wandb
-
     started = False
     if wandb.run is None:
         if start_run is None:
@@ -261,107 +262,77 @@ def log_to_wandb(rows: list[Row], figure: Path | None, report: Path, start_run: 
     return offline_dir
 
 
-# ---------------------------------------------------------------------------- the command
+# ---------------------------------------------------------------------------- the comparison
 
 
-def compare_parser():
-    from namegen.cli import Parser, _int_or_float, positive_int
-    from namegen.config import SIZES
-
-    p = Parser(
-        prog="compare.py",
-        description="Compare GRU sizes: evaluate checkpoints (--ckpt) and/or train sizes with their configs "
-        "(--train), then write reports/<date>/report.md (a table, one row a run) and loss_curves.png (train and "
-        "validation loss per epoch for every run on one figure, from the metrics.csv beside each checkpoint).",
-    )
-    p.add_argument("--ckpt", nargs="+", action="extend", default=[], metavar="PATH",
-                   help="checkpoints to compare (best.ckpt of each run; metrics.csv must sit beside it for the "
-                        "curves, wall time and tokens/s)")
-    p.add_argument("--train", nargs="+", action="extend", default=[], metavar="SIZE", choices=SIZES,
-                   help=f"sizes to train first with configs/<size>.yaml, then compare: {', '.join(SIZES)}")
-    p.add_argument("--labels", nargs="+", default=None, metavar="NAME",
-                   help="row names, one per run in order (--ckpt runs first, then --train sizes); default: the "
-                        "size each checkpoint records")
-    p.add_argument("--runs-dir", default="checkpoints",
-                   help="where --train writes each size's run, as <runs-dir>/<size> (default: checkpoints, as "
-                        "train.py)")
-    p.add_argument("--reports-dir", default="reports", help="the report goes to <reports-dir>/<date>/ (default: reports)")
-    p.add_argument("--date", default=None,
-                   help="name of the report's folder (default: today's UTC date, YYYY-MM-DD)")
-    p.add_argument("-n", "--num-samples", type=positive_int, default=1000,
-                   help="samples per run for the statistics (default: 1000)")
-    p.add_argument("--sample-seed", type=int, default=0, help="seed of the samples (default: 0)")
-    p.add_argument("--device", default="cpu", help="device for evaluation and sampling: cpu or cuda (default: cpu)")
-    t = p.add_argument_group("passed to training (--train only)")
-    t.add_argument("--data", default=None, help="names file to train on (default: train.py's, data/names.txt)")
-    t.add_argument("--max-epochs", type=positive_int, default=None, help="epochs (default: each config's)")
-    t.add_argument("--limit-train-batches", type=_int_or_float, default=None,
-                   help="batches per epoch (int) or fraction (float), for quick runs")
-    t.add_argument("--limit-val-batches", type=_int_or_float, default=None,
-                   help="validation batches (int) or fraction (float)")
-    t.add_argument("--accelerator", default="auto", help="auto, cpu or gpu (default: auto)")
-    t.add_argument("--group-by-length", action="store_true", help="batch names of similar length together (faster)")
-    t.add_argument("--overwrite", action="store_true", help="replace earlier runs in <runs-dir>/<size>")
-    p.add_argument("--update-readme", nargs="?", const="README.md", default=None, metavar="README",
-                   help="also put the table and figure into README between the lines <!-- compare:start --> and "
-                        "<!-- compare:end --> (default file when given without a value: README.md)")
-    w = p.add_argument_group("monitoring")
-    w.add_argument("--logger", choices=("wandb", "csv", "none"), default="wandb",
-                   help="wandb (default): training runs log to W&B and the figure and table go to a W&B run named "
-                        "'compare'; csv: metrics.csv only, no W&B; none: no logs (no curves for trained runs)")
-    w.add_argument("--wandb-mode", choices=("offline", "online"), default=None,
-                   help="offline (default) or online (needs `wandb login`)")
-    return p
+@dataclass
+class CompareOptions:
+    ckpt: list[Path] = field(default_factory=list)  # checkpoints to compare as they are
+    train: list[str] = field(default_factory=list)  # sizes to train first
+    labels: list[str] | None = None  # row names, --ckpt runs first, then the trained sizes
+    runs_dir: Path = Path("checkpoints")  # trained sizes go to <runs_dir>/<size>
+    reports_dir: Path = Path("reports")
+    date: str | None = None  # the report's folder name; default today's UTC date
+    num_samples: int = 1000
+    sample_seed: int = 0
+    device: str = "cpu"
+    training: TrainOptions = field(default_factory=TrainOptions)  # template for each trained size
+    update_readme: Path | None = None
+    command: str = "python compare.py"  # how the report was made, for README
 
 
-def _train_size(size: str, args) -> Path:
-    from namegen.cli import train_parser
-    from namegen.training import train
+def compare(opts: CompareOptions) -> Path:
+    """Train what ``train`` asks for, evaluate every checkpoint, write the report; returns report.md's path."""
+    ckpts = _checkpoints(opts)
+    rows, histories = _rows(opts, ckpts)
+    out_dir = opts.reports_dir / (opts.date or dt.datetime.now(dt.timezone.utc).date().isoformat())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figure = plot_curves(histories, out_dir / "loss_curves.png") if histories else None
+    report = write_report(rows, out_dir, figure, opts.num_samples, opts.sample_seed)
+    _log_to_wandb(opts, rows, figure, report)
+    if opts.update_readme:
+        update_readme(opts.update_readme, rows, report, figure, opts.command)
+        print(f"updated {opts.update_readme}")
+    print(markdown_table(rows))
+    if figure is not None:
+        print(f"figure: {figure}")
+    print(f"report: {report}")
+    return report
 
-    argv = ["--model", size, "--out", str(Path(args.runs_dir) / size), "--accelerator", args.accelerator,
-            "--logger", args.logger]
-    for flag in ("data", "max_epochs", "limit_train_batches", "limit_val_batches", "wandb_mode"):
-        value = getattr(args, flag)
-        if value is not None:
-            argv += [f"--{flag.replace('_', '-')}", str(value)]
-    for flag in ("group_by_length", "overwrite"):
-        if getattr(args, flag):
-            argv.append(f"--{flag.replace('_', '-')}")
-    best = train(train_parser().parse_args(argv))
-    ckpt = Path(args.runs_dir) / size / "best.ckpt"
-    if best is None or not ckpt.is_file():
-        raise UserError(f"--train {size}: training validated nothing, so there is no best.ckpt to compare")
-    return ckpt
 
-
-def compare(args: argparse.Namespace) -> Path:
-    """Train what ``--train`` asks for, evaluate every checkpoint, write the report; returns report.md's path."""
-    if not args.ckpt and not args.train:
+def _checkpoints(opts: CompareOptions) -> list[Path]:
+    """Check everything that can be checked before training; then train the sizes asked for."""
+    if not opts.ckpt and not opts.train:
         raise UserError("nothing to compare: give --ckpt PATH ... and/or --train SIZE ...")
-    if args.device.startswith("cuda"):
-        import torch
+    check_device(opts.device)
+    if opts.update_readme:
+        read_readme(opts.update_readme)  # fail before any training
+    for c in opts.ckpt:
+        if not Path(c).is_file():
+            raise UserError(f"{c} not found; give the path of a best.ckpt", about="ckpt")
+    n_runs = len(opts.ckpt) + len(opts.train)
+    if opts.labels is not None and len(opts.labels) != n_runs:
+        raise UserError(f"{len(opts.labels)} given for {n_runs} run(s); give one per run, in order", about="labels")
+    return [Path(c) for c in opts.ckpt] + [_train_size(size, opts) for size in opts.train]
 
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda: no CUDA GPU is available here; use --device cpu")
-    if args.update_readme:
-        read_readme(Path(args.update_readme))  # fail before any training
-    ckpts = [Path(c) for c in args.ckpt]
-    for c in ckpts:
-        if not c.is_file():
-            raise UserError(f"--ckpt: {c} not found; give the path of a best.ckpt")
-    n_runs = len(ckpts) + len(args.train)
-    if args.labels is not None and len(args.labels) != n_runs:
-        raise UserError(f"--labels: {len(args.labels)} given for {n_runs} run(s); give one per run, in order")
-    ckpts += [_train_size(size, args) for size in args.train]
 
+def _train_size(size: str, opts: CompareOptions) -> Path:
+    out = opts.runs_dir / size
+    result = train(dataclasses.replace(opts.training, model=size, out=out))
+    if result.best_path is None or not result.best_path.is_file():
+        raise UserError(f"{size}: training validated nothing, so there is no best.ckpt to compare", about="train")
+    return result.best_path
+
+
+def _rows(opts: CompareOptions, ckpts: list[Path]) -> tuple[list[Row], dict[str, History]]:
     rows: list[Row] = []
     histories: dict[str, History] = {}
     seen: set[str] = set()
     for i, ckpt in enumerate(ckpts):
         print(f"evaluating {ckpt} ...", flush=True)
-        ev = evaluate_checkpoint(ckpt, num_samples=args.num_samples, seed=args.sample_seed, device=args.device,
-                                 progress=args.num_samples >= 5000 or None)
-        label = args.labels[i] if args.labels else ev.size
+        ev = evaluate_checkpoint(ckpt, num_samples=opts.num_samples, seed=opts.sample_seed, device=opts.device,
+                                 progress=opts.num_samples >= 5000 or None)
+        label = opts.labels[i] if opts.labels else ev.size
         if label in seen:
             label = f"{label} ({ckpt.parent})"
         seen.add(label)
@@ -372,50 +343,17 @@ def compare(args: argparse.Namespace) -> Path:
         else:
             histories[label] = history
         rows.append(Row(label, ev, history))
+    return rows, histories
 
-    date = args.date or dt.datetime.now(dt.timezone.utc).date().isoformat()
-    out_dir = Path(args.reports_dir) / date
-    out_dir.mkdir(parents=True, exist_ok=True)
-    figure = plot_curves(histories, out_dir / "loss_curves.png") if histories else None
-    report = write_report(rows, out_dir, figure, args.num_samples, args.sample_seed)
 
+def _log_to_wandb(opts: CompareOptions, rows: list[Row], figure: Path | None, report: Path) -> None:
+    """Into the active W&B run, or a new run named 'compare' when training logs to W&B."""
     start_run = None
-    if args.logger == "wandb":
-        from namegen.monitoring import WANDB_PROJECT, wandb_mode
-
+    if opts.training.logger == "wandb":
         os.environ.setdefault("WANDB_SILENT", "true")
-        runs_dir = Path(args.runs_dir)
-        runs_dir.mkdir(parents=True, exist_ok=True)
+        opts.runs_dir.mkdir(parents=True, exist_ok=True)
         start_run = dict(project=WANDB_PROJECT, name="compare", group="sizes", job_type="compare",
-                         dir=str(runs_dir), mode=wandb_mode(args.wandb_mode))
-    try:
-        import wandb  # noqa: F401
-    except ImportError:
-        if start_run is not None:
-            raise UserError("--logger wandb: the wandb package is not installed; use --logger csv") from None
-    else:
-        offline_dir = log_to_wandb(rows, figure, report, start_run)
-        if offline_dir:
-            print(f"W&B run saved offline; upload it with: wandb sync {offline_dir}")
-
-    if args.update_readme:
-        import shlex
-        import sys
-
-        command = "python compare.py " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:]))
-        update_readme(Path(args.update_readme), rows, report, figure, command)
-        print(f"updated {args.update_readme}")
-    print(markdown_table(rows))
-    if figure is not None:
-        print(f"figure: {figure}")
-    print(f"report: {report}")
-    return report
-
-
-def compare_main(argv=None) -> int:
-    import sys
-
-    args = compare_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    compare(args)
-    return 0
+                         dir=str(opts.runs_dir), mode=wandb_mode(opts.training.wandb_mode))
+    offline_dir = log_to_wandb(rows, figure, report, start_run)
+    if offline_dir:
+        print(f"W&B run saved offline; upload it with: wandb sync {offline_dir}")

@@ -1,4 +1,4 @@
-"""Model and training configuration: one YAML file per size in ``configs/``.
+"""Model and training configuration: one YAML file per size in ``namegen/configs/``.
 
 A config carries every column of the notebook's table plus the parts of the
 training recipe that namegen adds (weight decay, learning-rate schedule,
@@ -22,7 +22,7 @@ import yaml
 
 from namegen.errors import UserError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 SIZES = ("small", "medium", "large")
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine")
@@ -111,17 +111,22 @@ def _coerce(value, expected: str, where: str):
     raise UserError(f"{where} must be of type {expected}, got {value!r}")
 
 
+def run_name_of(size_or_path: str) -> str:
+    """A run's name: the size (``small``), or the stem of a config file (``my.yaml`` -> ``my``)."""
+    return size_or_path if size_or_path in SIZES else Path(size_or_path).stem
+
+
 def load_config(size_or_path: str) -> Config:
-    """Load ``configs/<size>.yaml``, or a YAML file given by path."""
+    """Load ``namegen/configs/<size>.yaml``, or a YAML file given by path."""
     path = Path(size_or_path)
     if size_or_path in SIZES:
         path = CONFIG_DIR / f"{size_or_path}.yaml"
     elif path.suffix not in (".yaml", ".yml"):
         raise UserError(
-            f"--model: unknown size {size_or_path!r}; choose one of {', '.join(SIZES)} or give a .yaml file"
+            f"unknown size {size_or_path!r}; choose one of {', '.join(SIZES)} or give a .yaml file", about="model"
         )
     if not path.is_file():
-        raise UserError(f"--model: config file {path} not found")
+        raise UserError(f"config file {path} not found", about="model")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:

@@ -1,4 +1,5 @@
-"""Names file -> vocabulary -> padded tensors -> batches, as a LightningDataModule.
+"""Names file -> vocabulary -> padded tensors -> batches. Plain PyTorch (the DataModule is
+``namegen.datamodule``).
 
 Tokens: 0 is padding, 1 is ``.`` (which marks both the start and the end of a
 name), the file's characters, sorted, take 2 and up. Every name is shown to the
@@ -6,6 +7,9 @@ model with ``.`` as its first input, so the model learns first letters::
 
     input   .  e  m  m  a          (padded with 0)
     target  e  m  m  a  .          (padded with -100, ignored by the loss)
+
+The default data is makemore's ``names.txt`` (32,033 US baby names, public
+domain), shipped inside the package so training needs no network.
 """
 
 from __future__ import annotations
@@ -13,22 +17,16 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
-import urllib.error
-import urllib.request
-import warnings
 from pathlib import Path
 
-import lightning.pytorch as pl
+import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 from namegen.errors import UserError
 
 PAD, END = 0, 1
 IGNORE = -100
-DEFAULT_DATA = Path("data/names.txt")
-NAMES_URL = "https://raw.githubusercontent.com/karpathy/makemore/master/names.txt"
+DEFAULT_DATA = Path(__file__).resolve().parent / "assets" / "names.txt"
 NAMES_SHA256 = "0a30b5557f192f32ab962680889aac5f6fda0f4cecf40a6d0b5694f58ea8cc4d"
 
 
@@ -38,40 +36,41 @@ NAMES_SHA256 = "0a30b5557f192f32ab962680889aac5f6fda0f4cecf40a6d0b5694f58ea8cc4d
 def read_names(path: str | os.PathLike) -> list[str]:
     """Read one name per line; strip whitespace, ``\\r`` and BOMs; drop blank lines.
 
-    Raises UserError, naming the file (and line), for anything that is not a
-    usable UTF-8 names file.
+    Raises UserError about ``"data"``, naming the file (and line), for anything
+    that is not a usable UTF-8 names file.
     """
     path = Path(path)
     if not path.exists():
-        raise UserError(f"--data: {path} does not exist; pass a text file with one name per line")
+        raise UserError(f"{path} does not exist; pass a text file with one name per line", about="data")
     if path.is_dir():
-        raise UserError(f"--data: {path} is a directory; pass a text file with one name per line")
+        raise UserError(f"{path} is a directory; pass a text file with one name per line", about="data")
     raw = path.read_bytes()
     if b"\x00" in raw:
-        raise UserError(f"--data: {path} looks binary (it contains NUL bytes); pass a UTF-8 text file")
-    names = []
-    for lineno, line in enumerate(raw.split(b"\n"), start=1):
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise UserError(
-                f"--data: {path} line {lineno} is not valid UTF-8 (byte {exc.start + 1}); "
-                "re-save the file as UTF-8"
-            ) from None
-        name = text.replace("\ufeff", "").strip()
-        if not name:
-            continue
-        if "." in name:
-            raise UserError(
-                f"--data: {path} line {lineno} contains '.', which namegen reserves for the "
-                "start/end-of-name token; remove or replace it"
-            )
-        names.append(name)
+        raise UserError(f"{path} looks binary (it contains NUL bytes); pass a UTF-8 text file", about="data")
+    names = [name for lineno, line in enumerate(raw.split(b"\n"), start=1) if (name := _name(path, lineno, line))]
     if not names:
         raise UserError(
-            f"--data: {path} has no names (it is empty or only blank lines); pass a text file with one name per line"
+            f"{path} has no names (it is empty or only blank lines); pass a text file with one name per line",
+            about="data",
         )
     return names
+
+
+def _name(path: Path, lineno: int, line: bytes) -> str:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"{path} line {lineno} is not valid UTF-8 (byte {exc.start + 1}); re-save the file as UTF-8", about="data"
+        ) from None
+    name = text.replace("\ufeff", "").strip()
+    if "." in name:
+        raise UserError(
+            f"{path} line {lineno} contains '.', which namegen reserves for the start/end-of-name token; "
+            "remove or replace it",
+            about="data",
+        )
+    return name
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -82,36 +81,28 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def download_names(dest: Path, url: str = NAMES_URL, sha256: str = NAMES_SHA256) -> Path:
-    """Fetch makemore's names.txt to ``dest``: checksum-verified, written atomically."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response:
-            payload = response.read()
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
+def find_training_file(record: dict | None, given: str | os.PathLike | None = None, owner: str = "this checkpoint") -> Path:
+    """The training file of a checkpoint: ``given`` if passed, else the path ``record`` (a checkpoint's
+    ``meta["data"]``) names. Either way it must exist and, when the record has a sha256, match it
+    (otherwise the train/validation split would silently differ). UserError about ``"train_data"``."""
+    record = record or {}
+    recorded = record.get("path")
+    if given is None and not recorded:
+        raise UserError(f"{owner} does not record its training file (notebook models do not); pass the file",
+                        about="train_data")
+    path = Path(given if given is not None else recorded)
+    if not path.is_file():
+        where = "given" if given is not None else f"recorded in {owner}"
+        raise UserError(f"the training file {path} {where} is not there; pass it (the same file, moved)",
+                        about="train_data")
+    expected = record.get("sha256")
+    if expected and sha256_of(path) != expected:
         raise UserError(
-            f"--data: {dest} is missing and could not be downloaded from {url} ({reason}); "
-            f"copy names.txt there yourself or pass --data PATH"
-        ) from None
-    actual = hashlib.sha256(payload).hexdigest()
-    if actual != sha256:
-        raise UserError(
-            f"--data: the file downloaded from {url} has sha256 {actual}, expected {sha256}; "
-            f"nothing was written to {dest}"
+            f"the training file {path} has changed since training (its sha256 differs from the record "
+            f"{expected[:12]}... in {owner}); pass the original",
+            about="train_data",
         )
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dest
+    return path
 
 
 # ---------------------------------------------------------------------------- vocabulary
@@ -164,13 +155,20 @@ def encode_names(names: list[str], vocab: Vocab) -> tuple[torch.Tensor, torch.Te
 
 
 def split_names(names: list[str], seed: int, val_fraction: float = 0.2) -> tuple[list[str], list[str]]:
-    """The 80/20 split of the notebook (scikit-learn), fixed by ``seed`` on every machine."""
+    """The notebook's 80/20 split, fixed by ``seed`` on every machine.
+
+    The same split as the notebook's ``sklearn.model_selection.train_test_split(names,
+    test_size=0.2, random_state=seed)`` (a test checks it against scikit-learn), computed
+    with NumPy alone: a ``RandomState(seed)`` permutation, its first ceil(0.2 N) rows
+    validate and the rest train.
+    """
     if len(names) < 2:
         raise UserError(
-            f"--data: the file has {len(names)} name; at least 2 are needed for a train/validation split"
+            f"the file has {len(names)} name; at least 2 are needed for a train/validation split", about="data"
         )
-    train, val = train_test_split(names, test_size=val_fraction, random_state=seed, shuffle=True)
-    return list(train), list(val)
+    order = np.random.RandomState(seed).permutation(len(names))
+    n_val = math.ceil(val_fraction * len(names))
+    return [names[i] for i in order[n_val:]], [names[i] for i in order[:n_val]]
 
 
 # ---------------------------------------------------------------------------- batching
@@ -260,99 +258,3 @@ class IndexBatchSampler(torch.utils.data.Sampler):
         if self.shuffle:
             return n_batches // self.world_size if self.world_size > 1 else n_batches
         return len(range(self.rank, n_batches, self.world_size))
-
-
-# ---------------------------------------------------------------------------- datamodule
-
-
-class NamesDataModule(pl.LightningDataModule):
-    """names.txt -> vocabulary, 80/20 split and batches.
-
-    ``vocab`` can be given (a checkpoint's) to encode a file with a fixed
-    vocabulary; otherwise it is built from the file.
-    """
-
-    def __init__(
-        self,
-        data: str | os.PathLike = DEFAULT_DATA,
-        batch_size: int = 128,
-        seed: int = 42,
-        block_size: int | None = None,
-        group_by_length: bool = False,
-        url: str | None = None,
-        vocab: Vocab | None = None,
-    ):
-        super().__init__()
-        self.path = Path(data)
-        self.batch_size = batch_size
-        self.seed = seed
-        self.block_size = block_size
-        self.group_by_length = group_by_length
-        self.url = url or os.environ.get("NAMEGEN_DATA_URL", NAMES_URL)
-        self.vocab = vocab
-        self.names: list[str] | None = None
-
-    def prepare_data(self) -> None:
-        if not self.path.exists() and self.path == DEFAULT_DATA:
-            print(f"{self.path} not found; downloading makemore's names.txt from {self.url}")
-            download_names(self.path, self.url)
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.names is not None:
-            return
-        names = read_names(self.path)
-        if self.vocab is None:
-            self.vocab = Vocab.from_names(names)
-        else:
-            unknown = self.vocab.unknown_chars("".join(names))
-            if unknown:
-                raise UserError(
-                    f"--data: {self.path} has characters the model's vocabulary lacks: {''.join(unknown)!r}"
-                )
-        if self.block_size is not None:
-            too_long = [n for n in names if len(n) > self.block_size]
-            if too_long:
-                warnings.warn(
-                    f"{len(too_long)} of {len(names)} names in {self.path} are longer than block_size "
-                    f"{self.block_size} (longest: {max(map(len, too_long))}); they are trained on whole, "
-                    "nothing is truncated. Sampling stops at --max-len, which defaults to block_size.",
-                    stacklevel=2,
-                )
-        if len(names) < 2:
-            raise UserError(
-                f"--data: {self.path} has only {len(names)} name; at least 2 are needed (80% train, 20% "
-                "validation), a few thousand for a useful model"
-            )
-        self.names = names
-        self.train_names, self.val_names = split_names(names, self.seed)
-        self.train_set = NameBatches(*encode_names(self.train_names, self.vocab))
-        self.val_set = NameBatches(*encode_names(self.val_names, self.vocab))
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None and trainer.strategy.root_device.type != "cpu":
-            device = trainer.strategy.root_device
-            self.train_set.to(device)
-            self.val_set.to(device)
-
-    def _loader(self, dataset: NameBatches, shuffle: bool) -> torch.utils.data.DataLoader:
-        trainer = getattr(self, "trainer", None)
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        sampler = IndexBatchSampler(
-            dataset.lengths,
-            self.batch_size,
-            shuffle=shuffle,
-            seed=self.seed,
-            group_by_length=self.group_by_length and shuffle,
-            rank=rank,
-            world_size=world,
-        )
-        return torch.utils.data.DataLoader(dataset, batch_size=None, sampler=sampler)
-
-    def train_dataloader(self):
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self):
-        return self._loader(self.val_set, shuffle=False)
-
-    @property
-    def sha256(self) -> str:
-        return sha256_of(self.path)

@@ -26,22 +26,20 @@ Sample statistics compare ``N`` seeded samples with the data:
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
+import random
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torchmetrics import MeanMetric
 from tqdm.auto import tqdm
 
-from namegen.checkpoint import LoadedModel, load_checkpoint, resolve_checkpoint
-from namegen.data import IGNORE, encode_names, read_names, sha256_of, split_names
+from namegen.api import NameGenerator, check_device, load_model
+from namegen.checkpoint import LoadedModel, resolve_checkpoint
+from namegen.data import IGNORE, encode_names, find_training_file, read_names, split_names
 from namegen.errors import UserError
+from namegen.model import char_nll
 
 PROGRESS_MIN = 5_000  # show a progress bar from this many names (evaluation) or samples
 
@@ -70,26 +68,26 @@ def evaluate_nll(
         raise UserError("nothing to evaluate: the list of names is empty")
     unknown = loaded.vocab.unknown_chars("".join(names))
     if unknown:
-        raise UserError(f"--data: characters not in the model's vocabulary: {''.join(unknown)!r}")
+        raise UserError(f"characters not in the model's vocabulary: {''.join(unknown)!r}", about="data")
     model = loaded.model.to(device)
     was_training = model.training
     model.eval()
     order = sorted(range(len(names)), key=lambda i: len(names[i]))  # batches of similar length: less padding
     x_all, y_all, lengths = encode_names([names[i] for i in order], loaded.vocab)
     x_all[:, 0] = loaded.start_token  # '.', or padding for notebook models
-    metric = MeanMetric().to(device)
     show = len(names) >= PROGRESS_MIN if progress is None else progress
-    starts = range(0, len(names), batch_size)
-    for start in tqdm(starts, desc="evaluating", unit="batch", disable=not show, leave=False):
+    total = 0.0  # float64 sum of every character's NLL
+    for start in tqdm(range(0, len(names), batch_size), desc="evaluating", unit="batch", disable=not show,
+                      leave=False):
         stop = start + batch_size
         T = int(lengths[start:stop].max())
         x, y = x_all[start:stop, :T].to(device), y_all[start:stop, :T].to(device)
         logits, _ = model(x)  # (B, T, V)
-        nll = F.cross_entropy(logits.transpose(1, 2).float(), y, ignore_index=IGNORE, reduction="none")  # (B, T)
-        metric.update(nll[y != IGNORE])
+        total += char_nll(logits, y, IGNORE).double().sum().item()
     model.train(was_training)
-    nll = float(metric.compute())
-    return Likelihood(nll=nll, ppl=math.exp(nll), n_names=len(names), n_chars=int(lengths.sum()))
+    n_chars = int(lengths.sum())
+    nll = total / n_chars
+    return Likelihood(nll=nll, ppl=math.exp(nll), n_names=len(names), n_chars=n_chars)
 
 
 # ---------------------------------------------------------------------------- data of a checkpoint
@@ -111,25 +109,9 @@ def checkpoint_data(loaded: LoadedModel, data: str | Path | None = None) -> Chec
     ``data`` replaces the recorded path (for a file that moved); its sha256 must
     match the record, else the split would silently differ.
     """
-    record = loaded.meta.get("data") or {}
-    recorded = record.get("path")
-    path = Path(data) if data is not None else Path(recorded) if recorded else None
-    if path is None:
-        raise UserError(f"--ckpt: {loaded.path} does not record its training file; pass --train-data FILE")
-    if not path.is_file():
-        raise UserError(
-            f"the training file {path} recorded in {loaded.path} is not there; pass --train-data FILE "
-            "(the same file, moved)"
-        )
-    expected = record.get("sha256")
-    if expected and sha256_of(path) != expected:
-        raise UserError(
-            f"{path} is not the file {loaded.path} was trained on (sha256 differs from the checkpoint's "
-            f"record {expected[:12]}...); its train/validation split would not be the same"
-        )
+    path = find_training_file(loaded.meta.get("data"), data, owner=str(loaded.path or "this checkpoint"))
     names = read_names(path)
-    seed = int(loaded.meta["config"].get("seed", 42))
-    train, val = split_names(names, seed)
+    train, val = split_names(names, loaded.config.seed)
     return CheckpointData(path=path, names=names, train=train, val=val)
 
 
@@ -164,8 +146,6 @@ def total_variation(p: dict[str, float], q: dict[str, float]) -> float:
 def tv_noise_floor(data: list[str], n: int, draws: int = 20, seed: int = 0) -> float:
     """Mean first-letter TV between ``n`` names drawn (with replacement) from ``data`` and ``data`` itself:
     what sampling noise alone gives, the floor a perfect model would sit at with ``n`` samples."""
-    import random
-
     rng = random.Random(seed)
     q = first_letter_distribution(data)
     return sum(total_variation(first_letter_distribution(rng.choices(data, k=n)), q) for _ in range(draws)) / draws
@@ -208,10 +188,8 @@ def draw_samples(
 
     The same ``seed`` and ``n`` give the same names.
     """
-    from namegen.api import NameGenerator
-
     if n <= 0:
-        raise UserError(f"--num-samples must be a positive integer, got {n}")
+        raise UserError(f"num_samples must be a positive integer, got {n}", about="num_samples")
     gen = NameGenerator(loaded, device)
     show = n >= PROGRESS_MIN if progress is None else progress
     out: list[str] = []
@@ -226,7 +204,7 @@ def draw_samples(
 def stats_max_len(loaded: LoadedModel, data: CheckpointData) -> int:
     """Sampling room for statistics: the config's block_size, or the longest training name if longer,
     so that the length statistics are not cut short by ``block_size``."""
-    return max(int(loaded.meta["config"]["block_size"]), max(map(len, data.names)))
+    return max(loaded.config.block_size, max(map(len, data.names)))
 
 
 # ---------------------------------------------------------------------------- the command
@@ -259,21 +237,21 @@ def evaluate_checkpoint(
     progress: bool | None = None,
 ) -> Evaluation:
     """NLL/perplexity on the validation split (or on every name of ``data``) and sample statistics."""
-    loaded = load_checkpoint(resolve_checkpoint(ckpt), device)
+    loaded = load_model(resolve_checkpoint(ckpt), check_device(device))
     split = checkpoint_data(loaded, train_data)
     if data is not None:
         names, where = read_names(data), f"{data} (all names)"
     else:
-        names, where = split.val, f"validation split of {split.path} (seed {loaded.meta['config'].get('seed', 42)})"
+        names, where = split.val, f"validation split of {split.path} (seed {loaded.config.seed})"
     likelihood = evaluate_nll(loaded, names, device=device, progress=progress)
     max_len = stats_max_len(loaded, split)
     samples = draw_samples(loaded, num_samples, seed=seed, max_len=max_len, temperature=temperature,
                            device=device, progress=progress)
     return Evaluation(
         checkpoint=str(ckpt),
-        size=str(loaded.meta.get("size") or Path(ckpt).parent.name),
+        size=loaded.size,
         parameters=loaded.model.num_parameters(),
-        config=dict(loaded.meta["config"]),
+        config=loaded.config.to_dict(),
         evaluated_on=where,
         likelihood=likelihood,
         samples=sample_stats(samples, split.train, split.val),
@@ -294,45 +272,3 @@ def format_evaluation(ev: Evaluation) -> str:
         f"({s.n:,} names drawn from the data itself: {s.first_letter_tv_noise:.3f})",
         f"examples       {', '.join(ev.examples)}",
     ])
-
-
-def evaluate_parser():
-    from namegen.cli import Parser
-
-    p = Parser(
-        prog="python -m namegen.evaluate",
-        description="Evaluate a checkpoint: mean NLL per character and perplexity (the definition of val/loss) "
-        "on the validation split it was trained with, or on every name of --data; and statistics of N seeded "
-        "samples against its training data.",
-    )
-    from namegen.cli import positive_float, positive_int
-
-    p.add_argument("--ckpt", required=True, help="checkpoint to evaluate (train.py prints its path)")
-    p.add_argument("--data", default=None,
-                   help="evaluate on every name of this file instead of the checkpoint's validation split")
-    p.add_argument("--train-data", default=None,
-                   help="the training file, when it moved from the path the checkpoint records (its sha256 "
-                        "must match the record); sample statistics and the validation split come from it")
-    p.add_argument("-n", "--num-samples", type=positive_int, default=1000,
-                   help="samples for the statistics (default: 1000)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0): same seed, same statistics")
-    p.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature (default: 1.0)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
-    return p
-
-
-def evaluate_main(argv=None) -> int:
-    args = evaluate_parser().parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is available here; use --device cpu")
-    ev = evaluate_checkpoint(args.ckpt, data=args.data, train_data=args.train_data, num_samples=args.num_samples,
-                             seed=args.seed, temperature=args.temperature, device=args.device)
-    print(json.dumps(ev.to_dict()) if args.json else format_evaluation(ev))
-    return 0
-
-
-if __name__ == "__main__":
-    from namegen.cli import run
-
-    sys.exit(run(evaluate_main))

@@ -277,3 +277,14 @@ def compile_model(model: nn.Module, device_type: str = "cpu", backend: str | Non
         kwargs["mode"] = "reduce-overhead"
     model.compile(**kwargs)
     return model
+
+
+def char_nll(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Negative log-likelihood (nats) of every target character: the one loss of namegen.
+
+    logits: (B, T, V), targets: (B, T) with ``ignore_index`` at padding -> (B, T), 0 where
+    ignored. Computed in float32 whatever the logits' precision. ``val/loss``, ``score``
+    and evaluation are all the sum of this over the real targets, divided (or not) by
+    their count.
+    """
+    return F.cross_entropy(logits.transpose(1, 2).float(), targets, ignore_index=ignore_index, reduction="none")

@@ -6,14 +6,13 @@ import math
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
+from lightning.pytorch.loggers import WandbLogger
 from torchmetrics import MeanMetric
 
+from namegen.checkpoint import build_meta
 from namegen.config import Config
-from namegen.data import IGNORE
-from namegen.model import GRULanguageModel
-
-CHECKPOINT_FORMAT = 1
+from namegen.data import IGNORE, Vocab
+from namegen.model import GRULanguageModel, char_nll
 
 
 class NameGenModule(pl.LightningModule):
@@ -23,18 +22,23 @@ class NameGenModule(pl.LightningModule):
     predicted character (nats), weighted by characters across the whole epoch,
     not a mean of batch means; ``val/ppl`` is ``exp(val/loss)``.
 
-    ``meta`` is stored in every checkpoint under ``"namegen"``, in plain types
-    (so ``torch.load(weights_only=True)`` reads it): config, vocabulary, the
-    size's name and the training file's path and sha256. With it a checkpoint
-    rebuilds the model with nothing else at hand.
+    Every checkpoint carries ``"namegen"`` (``namegen.checkpoint.build_meta``: config,
+    vocabulary, the size's name, the training file's path and sha256), from which
+    a checkpoint rebuilds the model with nothing else at hand; ``meta`` gives the
+    size and data entries. The constructor's arguments are saved as plain-type
+    hyperparameters too, so Lightning's own ``NameGenModule.load_from_checkpoint(path)``
+    rebuilds the module (``weights_only=True`` loading holds).
     """
 
-    def __init__(self, config: Config, vocab_chars: list[str], meta: dict | None = None):
+    def __init__(self, config: Config | dict, vocab_chars: list[str], meta: dict | None = None):
         super().__init__()
-        self.config = config
+        self.config = config if isinstance(config, Config) else Config.from_dict(config)
         self.vocab_chars = list(vocab_chars)
         self.meta = dict(meta or {})
-        self.model = GRULanguageModel.from_config(config, vocab_size=len(self.vocab_chars) + 2)
+        self.save_hyperparameters(
+            {"config": self.config.to_dict(), "vocab_chars": self.vocab_chars, "meta": self.meta}, logger=False
+        )
+        self.model = GRULanguageModel.from_config(self.config, vocab_size=len(self.vocab_chars) + 2)
         self.train_nll = MeanMetric()
         self.val_nll = MeanMetric()
 
@@ -45,10 +49,7 @@ class NameGenModule(pl.LightningModule):
         """Per-character NLL of the real (non-padding) targets, flattened: (n_chars,)."""
         x, y = batch  # (B, T), (B, T)
         logits, _ = self.model(x)  # (B, T, V)
-        nll = F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), ignore_index=IGNORE, reduction="none"
-        )
-        return nll[y.reshape(-1) != IGNORE]
+        return char_nll(logits, y, IGNORE)[y != IGNORE]
 
     def training_step(self, batch, batch_idx):
         nll = self._token_nll(batch)
@@ -95,13 +96,7 @@ class NameGenModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        meta = {
-            "format": CHECKPOINT_FORMAT,
-            "config": self.config.to_dict(),
-            "vocab": self.vocab_chars,
-            "num_parameters": self.model.num_parameters(),
-            **self.meta,
-        }
+        meta = build_meta(self.config, Vocab(self.vocab_chars), self.model.num_parameters(), **self.meta)
         run_id = _wandb_run_id(self._trainer)
         if run_id:
             meta["wandb_run_id"] = run_id  # --resume continues this W&B run
@@ -126,8 +121,6 @@ class NameGenModule(pl.LightningModule):
 def _wandb_run_id(trainer) -> str | None:
     if trainer is None:
         return None
-    from lightning.pytorch.loggers import WandbLogger
-
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger) and logger.version:
             return str(logger.version)

@@ -1,4 +1,5 @@
-"""The GRU notebook's ``.pth`` files: recognise them, map their weights onto ``GRULanguageModel``.
+"""The GRU notebook's ``.pth`` format, its one home: recognise a file, map its weights onto
+``GRULanguageModel``, convert it into a namegen checkpoint.
 
 The notebook's ``save_model`` writes a plain dictionary::
 
@@ -29,13 +30,13 @@ metadata so every loader honours them:
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 
+from namegen.checkpoint import LoadedModel, build_meta, load_weights, read_checkpoint, write_checkpoint
 from namegen.config import Config
-from namegen.data import PAD, Vocab
+from namegen.data import PAD, Vocab, sha256_of
 from namegen.errors import UserError
 from namegen.model import GRULanguageModel
 
@@ -111,16 +112,40 @@ def notebook_config(model_class: str, embd_dim: int, hidden_dim: int) -> Config:
     )
 
 
-def from_notebook(obj: dict, path: str | Path) -> tuple[GRULanguageModel, Vocab, dict, dict]:
+def from_notebook(obj: dict, path: str | Path, device: str | torch.device = "cpu") -> tuple[LoadedModel, dict]:
     """Build the model from a notebook checkpoint dictionary.
 
-    Returns ``(model, vocab, meta, state_dict)``: ``meta`` in the format of a
-    namegen checkpoint's ``"namegen"`` entry, ``state_dict`` namegen's keys
-    bound to the file's own tensors (not copies). Raises UserError, one line,
-    naming what is wrong.
+    Returns ``(loaded, state_dict)``: ``loaded.meta`` in the format of a namegen
+    checkpoint's ``"namegen"`` entry, ``state_dict`` namegen's keys bound to the
+    file's own tensors (not copies). Raises UserError, one line, naming what is wrong.
     """
-    from namegen.module import CHECKPOINT_FORMAT
+    path = Path(path)
+    model_class, n_classes, embd_dim, hidden_dim = _check_fields(obj, path)
+    state = _renamed_state(obj, model_class, path)
+    config = notebook_config(model_class, embd_dim, hidden_dim)
+    vocab = Vocab(NOTEBOOK_CHARS)
+    model = GRULanguageModel.from_config(config, vocab_size=n_classes)
+    load_weights(model, state, f"{path}: its tensors do not fit {model_class} with embd_dim={embd_dim}, "
+                 f"hidden_dim={hidden_dim}", path)
+    meta = build_meta(
+        config, vocab, model.num_parameters(), NOTEBOOK_CLASSES[model_class]["size"],
+        # the notebook read a names.txt that the .pth does not identify: --new-only needs --data
+        data=None,
+        start_token=NOTEBOOK_START_TOKEN,
+        source={
+            "kind": "notebook",
+            "file": str(path.resolve()),
+            "sha256": sha256_of(path) if path.is_file() else None,
+            "model_class": model_class,
+            "timestamp": _plain(obj.get("timestamp")),
+            "version": _plain(obj.get("version")),
+        },
+    )
+    model.to(device).eval()
+    return LoadedModel(model=model, vocab=vocab, config=config, meta=meta, path=path), state
 
+
+def _check_fields(obj: dict, path: Path) -> tuple[str, int, int, int]:
     missing = [k for k in _REQUIRED if k not in obj]
     if missing:
         raise UserError(f"{path}: notebook file lacks {', '.join(missing)} (save_model writes {', '.join(NOTEBOOK_KEYS)})")
@@ -131,13 +156,16 @@ def from_notebook(obj: dict, path: str | Path) -> tuple[GRULanguageModel, Vocab,
             f"{', '.join(NOTEBOOK_CLASSES)}"
         )
     n_classes = _int_field(obj, "n_classes", path)
-    embd_dim = _int_field(obj, "embd_dim", path)
-    hidden_dim = _int_field(obj, "hidden_dim", path)
     if n_classes != NOTEBOOK_N_CLASSES:
         raise UserError(
             f"{path}: n_classes is {n_classes}, but the notebook's vocabulary (names.txt: padding, '.', a-z) "
             f"has {NOTEBOOK_N_CLASSES} symbols; namegen cannot tell which characters this model was trained on"
         )
+    return model_class, n_classes, _int_field(obj, "embd_dim", path), _int_field(obj, "hidden_dim", path)
+
+
+def _renamed_state(obj: dict, model_class: str, path: Path) -> dict:
+    """The file's state_dict under namegen's keys; UserError when its keys are not the class's."""
     state = obj["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{path}: notebook file's state_dict is not a dictionary of tensors")
@@ -151,57 +179,39 @@ def from_notebook(obj: dict, path: str | Path) -> tuple[GRULanguageModel, Vocab,
         if extra:
             parts.append(f"unexpected {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}")
         raise UserError(f"{path}: its state_dict does not match {model_class} ({'; '.join(parts)})")
+    return {mapping[k]: v for k, v in state.items()}
 
-    config = notebook_config(model_class, embd_dim, hidden_dim)
-    vocab = Vocab(NOTEBOOK_CHARS)
-    model = GRULanguageModel.from_config(config, vocab_size=n_classes)
-    new_state = {mapping[k]: v for k, v in state.items()}
-    try:
-        model.load_state_dict(new_state)
-    except RuntimeError as exc:
-        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-        detail = lines[1] if len(lines) > 1 else lines[0]
+
+def convert(src: str | Path, dst: str | Path, force: bool = False) -> dict:
+    """Convert notebook file ``src`` to the namegen checkpoint ``dst``; returns the metadata written.
+
+    The output holds ``{"namegen": meta, "state_dict": {"model.<key>": tensor}}``, the
+    layout train.py writes, so every loader reads it like any other checkpoint: the
+    notebook's tensors unchanged under namegen's names, the notebook's vocabulary and
+    config, ``start_token: 0`` and where it came from (``source``).
+    """
+    src, dst = Path(src), Path(dst)
+    if not src.exists():
+        raise UserError(f"{src} not found; give the notebook's .pth file (saved_models/GRU_..._v1.pth)")
+    obj = read_checkpoint(src, about=None)
+    if not is_notebook_checkpoint(obj):
+        what = "already a namegen checkpoint" if "namegen" in obj else "not a notebook checkpoint"
         raise UserError(
-            f"{path}: its tensors do not fit {model_class} with embd_dim={embd_dim}, hidden_dim={hidden_dim} "
-            f"({detail[:200]})"
-        ) from None
-    spec = NOTEBOOK_CLASSES[model_class]
-    meta = {
-        "format": CHECKPOINT_FORMAT,
-        "config": config.to_dict(),
-        "vocab": list(NOTEBOOK_CHARS),
-        "num_parameters": model.num_parameters(),
-        "size": spec["size"],
-        "start_token": NOTEBOOK_START_TOKEN,
-        # the notebook read a names.txt that the .pth does not identify: --new-only needs --data
-        "data": {"path": None, "sha256": None, "n_names": None},
-        "source": {
-            "kind": "notebook",
-            "file": str(Path(path).resolve()),
-            "sha256": _sha256(path),
-            "model_class": model_class,
-            "timestamp": _plain(obj.get("timestamp")),
-            "version": _plain(obj.get("version")),
-        },
-    }
-    return model, vocab, meta, new_state
-
-
-def is_notebook_meta(meta: dict) -> bool:
-    source = meta.get("source")
-    return isinstance(source, dict) and source.get("kind") == "notebook"
+            f"{src} is {what}: the notebook's save_model writes a dictionary with "
+            "state_dict, model_class, n_classes, embd_dim, hidden_dim, timestamp and version"
+        )
+    if dst.is_dir():
+        raise UserError(f"{dst} is a directory; give the output file, e.g. {dst / (src.stem + '.ckpt')}")
+    if dst.exists() and not force:
+        raise UserError(f"{dst} exists", about="force")  # the caller says how to replace it
+    if not dst.parent.is_dir():
+        raise UserError(f"{dst.parent} does not exist; create it first")
+    if dst.resolve() == src.resolve():
+        raise UserError(f"{dst} is the input file; write the checkpoint elsewhere")
+    loaded, state = from_notebook(obj, src)
+    write_checkpoint(dst, loaded.meta, state)
+    return loaded.meta
 
 
 def _plain(value):
     return value if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
-
-
-def _sha256(path) -> str | None:
-    try:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
-    except OSError:
-        return None

@@ -52,18 +52,7 @@ def sample_ids(
         if t < len(prefix_ids):  # forced: condition the state on the prefix
             nxt = torch.full((m,), prefix_ids[t], dtype=torch.long, device=device)
         else:
-            scores = logits[:, -1].float() / temperature  # (m, V)
-            scores[:, PAD] = float("-inf")
-            if t < min_len:
-                scores[:, END] = float("-inf")
-            if t == max_len:  # out of room: the name ends here
-                scores[:, :] = float("-inf")
-                scores[:, END] = 0.0
-            if top_k is not None and top_k < scores.shape[-1]:
-                kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]  # (m, 1)
-                scores = scores.masked_fill(scores < kth, float("-inf"))
-            probs = torch.softmax(scores, dim=-1)
-            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (m,)
+            nxt = _draw(logits[:, -1], t, max_len, min_len, temperature, top_k, generator)  # (m,)
         logprob.index_add_(0, rows, logp.gather(1, nxt[:, None]).squeeze(1))
         going = nxt != END  # (m,)
         if t < max_len:
@@ -79,3 +68,20 @@ def sample_ids(
     lengths = length.tolist()
     rows = out.tolist()
     return [row[:L] for row, L in zip(rows, lengths)], logprob.cpu()
+
+
+def _draw(logits: torch.Tensor, t: int, max_len: int, min_len: int, temperature: float, top_k: int | None,
+          generator: torch.Generator | None) -> torch.Tensor:
+    """The next character of each live name at step ``t``. logits: (m, V) -> (m,) token ids."""
+    scores = logits.float() / temperature  # (m, V)
+    scores[:, PAD] = float("-inf")  # padding is never sampled
+    if t < min_len:
+        scores[:, END] = float("-inf")  # too short to end
+    if t == max_len:  # out of room: the name ends here
+        scores[:, :] = float("-inf")
+        scores[:, END] = 0.0
+    if top_k is not None and top_k < scores.shape[-1]:
+        kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]  # (m, 1)
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)

@@ -1,28 +1,93 @@
-"""One training run: config + data -> Lightning Trainer -> best.ckpt, last.ckpt, metrics.csv, a W&B run."""
+"""One training run, as typed steps: plan the run, build the Trainer, fit, report.
+
+    result = train(TrainOptions(model="small"))
+
+``train.py`` (``namegen train``) turns flags into ``TrainOptions``; ``compare``
+builds them directly. Outputs, in ``<out>`` (default ``checkpoints/<size>``):
+``best.ckpt``, ``last.ckpt``, ``metrics.csv`` and the W&B run.
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
-from namegen.callbacks import RunClock
-from namegen.checkpoint import read_checkpoint
-from namegen.checkpoint_io import AtomicCheckpointIO, remove_stale_temporaries
-from namegen.cli import INTERRUPTED, quote_command
-from namegen.config import SIZES, Config, load_config
-from namegen.data import DEFAULT_DATA, NamesDataModule, Vocab
-from namegen.errors import UserError
+from namegen.api import check_device
+from namegen.callbacks import AtomicCheckpointIO, RunClock, SampleTable
+from namegen.checkpoint import read_training_checkpoint, remove_stale_temporaries
+from namegen.config import Config, load_config, run_name_of
+from namegen.data import DEFAULT_DATA, Vocab
+from namegen.datamodule import NamesDataModule
+from namegen.errors import Interrupted, UserError
+from namegen.loggers import build_loggers, find_wandb_logger, finish_wandb
+from namegen.model import compile_model
 from namegen.module import NameGenModule
-from namegen.monitoring import SampleTable, build_loggers, find_wandb_logger
+
+
+@dataclass
+class TrainOptions:
+    """What a user asks of a run. ``None`` means: the config's value (or the default)."""
+
+    model: str | None = None  # a size (small, medium, large) or a config .yaml; default small
+    data: Path | None = None  # names file; default: the packaged names.txt
+    out: Path | None = None  # run directory; default checkpoints/<size>
+    max_epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int | None = None
+    overwrite: bool = False  # replace an earlier run's checkpoints in out
+    resume: str | None = None  # "last" (out/last.ckpt) or a checkpoint path
+    group_by_length: bool = False
+    compile: bool = False
+    # passed to the Lightning Trainer
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str | None = None
+    limit_train_batches: int | float | None = None
+    limit_val_batches: int | float | None = None
+    # monitoring
+    logger: str = "wandb"  # wandb (+ metrics.csv), csv or none
+    wandb_mode: str | None = None
+    wandb_group: str = "sizes"
+
+
+@dataclass
+class RunPlan:
+    """What a run will do, decided before anything is written."""
+
+    config: Config
+    run_name: str
+    out_dir: Path
+    data_path: Path
+    vocab: Vocab | None = None  # fixed by the checkpoint when resuming
+    resume_path: Path | None = None
+    resume_ckpt: dict | None = field(default=None, repr=False)
+
+    @property
+    def resume_epoch(self) -> int | None:
+        """The last epoch the resumed checkpoint finished (0-based)."""
+        return None if self.resume_ckpt is None else int(self.resume_ckpt["epoch"])
+
+
+@dataclass
+class TrainResult:
+    best_score: float | None  # best val/loss; None when nothing was validated
+    best_path: Path | None
+    out_dir: Path
+    epochs: int
+    elapsed_s: float
+    wandb_sync: str | None = None  # how to upload an offline W&B run
 
 
 @rank_zero_only
@@ -30,7 +95,7 @@ def say(*args, **kwargs) -> None:
     print(*args, **kwargs, flush=True)
 
 
-def _display(path) -> str:
+def display(path) -> str:
     """A path as short as it can be said from the current directory."""
     path = Path(path).resolve()
     try:
@@ -39,54 +104,74 @@ def _display(path) -> str:
         return str(path)
 
 
-def check_accelerator(accelerator: str) -> None:
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+# ----------------------------------------------------------------------------- plan
+
+
+def plan_run(opts: TrainOptions) -> RunPlan:
+    """Config, run directory and data file; the checkpoint to resume from; refuses to overwrite."""
+    if opts.accelerator in ("gpu", "cuda"):
+        check_device("cuda", about="accelerator")
+    plan = _plan_resume(opts) if opts.resume is not None else _plan_fresh(opts)
+    existing = [p for p in (plan.out_dir / "best.ckpt", plan.out_dir / "last.ckpt") if p.exists()]
+    in_place = plan.resume_path is not None and plan.out_dir.resolve() == plan.resume_path.parent.resolve()
+    if existing and not opts.overwrite and not in_place:
         raise UserError(
-            f"--accelerator {accelerator}: no CUDA GPU is available on this machine; "
-            "use --accelerator cpu (or auto)"
+            f"{existing[0]} exists from an earlier run; pass --resume to continue it, --overwrite to "
+            f"replace it, or --out DIR to keep both",
+            about="out",
         )
+    return plan
 
 
-def _training_checkpoint(path: Path) -> dict:
-    """A namegen checkpoint that training can continue from, read with weights_only=True."""
-    ckpt = read_checkpoint(path, flag="--resume")
-    meta = ckpt.get("namegen")
-    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict) or "vocab" not in meta:
+def _plan_fresh(opts: TrainOptions) -> RunPlan:
+    model = opts.model or "small"
+    config = load_config(model).replace(
+        max_epochs=opts.max_epochs, batch_size=opts.batch_size, lr=opts.lr, seed=opts.seed
+    )
+    name = run_name_of(model)
+    out_dir = Path(opts.out) if opts.out else Path("checkpoints") / name
+    return RunPlan(config, name, out_dir, Path(opts.data) if opts.data else DEFAULT_DATA)
+
+
+def _plan_resume(opts: TrainOptions) -> RunPlan:
+    path, out_dir = _resume_source(opts)
+    ckpt = read_training_checkpoint(path)
+    saved = ckpt["namegen"]
+    saved_config = Config.from_dict(saved["config"], source=f"{path}: config")
+    _check_unchanged("--batch-size", opts.batch_size, saved_config.batch_size)
+    _check_unchanged("--lr", opts.lr, saved_config.lr)
+    _check_unchanged("--seed", opts.seed, saved_config.seed)
+    name = str(saved.get("size") or "resumed")
+    if opts.model is not None and run_name_of(opts.model) != name:
+        raise UserError(f"--model {opts.model}: {path} was trained as {name}; drop --model when resuming")
+    config = saved_config.replace(max_epochs=opts.max_epochs)
+    finished = int(ckpt["epoch"]) + 1
+    if finished >= config.max_epochs:
         raise UserError(
-            f"--resume: {path} is not a namegen checkpoint (no 'namegen' entry with config and vocabulary); "
-            "resume from the last.ckpt that train.py wrote"
+            f"{path} already finished {finished} of {config.max_epochs} epochs; "
+            f"pass --max-epochs N (more than {finished}) to train longer",
+            about="resume",
         )
-    if not {"loops", "optimizer_states", "epoch"} <= set(ckpt):
-        raise UserError(
-            f"--resume: {path} holds weights only, no training state (epoch, optimizer); "
-            "resume from the last.ckpt that train.py wrote"
-        )
-    try:
-        Vocab(meta["vocab"])
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"--resume: {path} has an inconsistent vocabulary ({exc})") from None
-    return ckpt
+    data_path = Path(opts.data) if opts.data else Path((saved.get("data") or {}).get("path") or DEFAULT_DATA)
+    return RunPlan(config, name, out_dir, data_path, Vocab(saved["vocab"]), path, ckpt)
 
 
-def _resume_plan(args: argparse.Namespace) -> tuple[Path | None, dict | None, Path | None]:
-    """(checkpoint path, its contents, the --out it implies) for --resume; Nones without it."""
-    if args.resume is None:
-        return None, None, None
-    if args.resume == "last":
-        out_dir = Path(args.out) if args.out else Path("checkpoints") / (args.model or "small")
-        if args.model and args.model not in SIZES and not args.out:
-            out_dir = Path("checkpoints") / Path(args.model).stem
-        path = out_dir / "last.ckpt"
+def _resume_source(opts: TrainOptions) -> tuple[Path, Path]:
+    """(checkpoint to resume, the run directory it implies)."""
+    if opts.resume != "last":
+        path = Path(opts.resume)
         if not path.exists():
-            raise UserError(
-                f"--resume: {path} not found, so there is nothing to resume; pass --resume PATH/last.ckpt "
-                f"(or --out DIR) for a run elsewhere, or train without --resume"
-            )
-        return path, _training_checkpoint(path), out_dir
-    path = Path(args.resume)
+            raise UserError(f"{path} not found; give the last.ckpt of the run to continue", about="resume")
+        return path, (Path(opts.out) if opts.out else path.parent)
+    out_dir = Path(opts.out) if opts.out else Path("checkpoints") / run_name_of(opts.model or "small")
+    path = out_dir / "last.ckpt"
     if not path.exists():
-        raise UserError(f"--resume: {path} not found; give the last.ckpt of the run to continue")
-    return path, _training_checkpoint(path), (Path(args.out) if args.out else path.parent)
+        raise UserError(
+            f"{path} not found, so there is nothing to resume; pass --resume PATH/last.ckpt "
+            f"(or --out DIR) for a run elsewhere, or train without --resume",
+            about="resume",
+        )
+    return path, out_dir
 
 
 def _check_unchanged(flag: str, given, saved) -> None:
@@ -97,221 +182,158 @@ def _check_unchanged(flag: str, given, saved) -> None:
         )
 
 
-def resume_command(args: argparse.Namespace, out_dir: Path) -> str:
-    """The command line that continues this run from ``<out>/last.ckpt``."""
-    argv, skip = [], False
-    for i, a in enumerate(getattr(args, "argv", [])):
-        if skip:
-            skip = False
-            continue
-        if a == "--overwrite" or a.startswith("--resume="):
-            continue
-        if a == "--resume":
-            following = args.argv[i + 1] if i + 1 < len(args.argv) else None
-            skip = following is not None and following == args.resume and args.resume != "last"
-            continue
-        argv.append(a)
-    if args.out is None and args.resume not in (None, "last"):
-        argv += ["--resume", _display(out_dir / "last.ckpt")]
-    else:
-        argv.append("--resume")
-    script = sys.argv[0] if Path(sys.argv[0]).name == "train.py" else "train.py"
-    return f"python {quote_command([script, *argv])}"
+# ----------------------------------------------------------------------------- build
 
 
-def train(args: argparse.Namespace) -> float | None:
-    """Run training as the flags say; returns the best val/loss (None when nothing was validated)."""
-    check_accelerator(args.accelerator)
-    resume_path, resume_ckpt, resume_out = _resume_plan(args)
-    resume_epoch = None
-    if resume_ckpt is not None:
-        saved = resume_ckpt["namegen"]
-        saved_config = Config.from_dict(saved["config"], source=f"--resume: {resume_path}: config")
-        _check_unchanged("--batch-size", args.batch_size, saved_config.batch_size)
-        _check_unchanged("--lr", args.lr, saved_config.lr)
-        _check_unchanged("--seed", args.seed, saved_config.seed)
-        run_name = str(saved.get("size") or "resumed")
-        if args.model is not None and (args.model if args.model in SIZES else Path(args.model).stem) != run_name:
-            raise UserError(
-                f"--model {args.model}: {resume_path} was trained as {run_name}; drop --model when resuming"
-            )
-        config = saved_config.replace(max_epochs=args.max_epochs)
-        resume_epoch = int(resume_ckpt["epoch"])  # the last epoch the checkpoint finished (0-based)
-        if resume_epoch + 1 >= config.max_epochs:
-            raise UserError(
-                f"--resume: {resume_path} already finished {resume_epoch + 1} of {config.max_epochs} epochs; "
-                f"pass --max-epochs N (more than {resume_epoch + 1}) to train longer"
-            )
-        out_dir = resume_out
-        saved_data = saved.get("data") or {}
-        data_path = Path(args.data) if args.data else Path(saved_data.get("path") or DEFAULT_DATA)
-        vocab = Vocab(saved["vocab"])
-    else:
-        model = args.model or "small"
-        config = load_config(model).replace(
-            max_epochs=args.max_epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed
-        )
-        run_name = model if model in SIZES else Path(model).stem
-        out_dir = Path(args.out) if args.out else Path("checkpoints") / run_name
-        data_path = Path(args.data) if args.data else DEFAULT_DATA
-        vocab = None
-
-    existing = [p for p in (out_dir / "best.ckpt", out_dir / "last.ckpt") if p.exists()]
-    resuming_in_place = resume_path is not None and out_dir.resolve() == resume_path.parent.resolve()
-    if existing and not args.overwrite and not resuming_in_place:
-        raise UserError(
-            f"--out: {existing[0]} exists from an earlier run; pass --resume to continue it, --overwrite to "
-            f"replace it, or --out DIR to keep both"
-        )
-
-    pl.seed_everything(config.seed, workers=True, verbose=False)
-    datamodule = NamesDataModule(
-        data_path,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        block_size=config.block_size,
-        group_by_length=args.group_by_length,
-        vocab=vocab,
-    )
-    datamodule.prepare_data()
+def build_data(plan: RunPlan, opts: TrainOptions) -> NamesDataModule:
+    """The data module, set up (so a bad file fails before the Trainer starts)."""
+    datamodule = NamesDataModule(plan.data_path, batch_size=plan.config.batch_size, seed=plan.config.seed,
+                                 block_size=plan.config.block_size, group_by_length=opts.group_by_length,
+                                 vocab=plan.vocab)
     datamodule.setup("fit")
-    vocab = datamodule.vocab
-    if resume_ckpt is not None:
-        saved_sha = (resume_ckpt["namegen"].get("data") or {}).get("sha256")
-        if saved_sha and saved_sha != datamodule.sha256:
-            raise UserError(
-                f"--data: {data_path} is not the file the run being resumed was trained on (its sha256 "
-                f"differs); pass that file with --data, or start a new run with --out DIR"
-            )
-        meta = {k: v for k, v in resume_ckpt["namegen"].items()
-                if k not in ("format", "config", "vocab", "num_parameters", "wandb_run_id")}
-        wandb_run_id = resume_ckpt["namegen"].get("wandb_run_id")
+    saved_sha = ((plan.resume_ckpt or {}).get("namegen", {}).get("data") or {}).get("sha256")
+    if saved_sha and saved_sha != datamodule.sha256:
+        raise UserError(
+            f"{plan.data_path} is not the file the run being resumed was trained on (its sha256 "
+            f"differs); pass that file with --data, or start a new run with --out DIR",
+            about="data",
+        )
+    return datamodule
+
+
+def build_module(plan: RunPlan, datamodule: NamesDataModule, opts: TrainOptions) -> NameGenModule:
+    if plan.resume_ckpt is not None:
+        kept = ("format", "config", "vocab", "num_parameters", "wandb_run_id")
+        meta = {k: v for k, v in plan.resume_ckpt["namegen"].items() if k not in kept}
     else:
-        meta = {
-            "size": run_name,
-            "data": {"path": str(data_path.resolve()), "sha256": datamodule.sha256, "n_names": len(datamodule.names)},
-        }
-        wandb_run_id = None
-    module = NameGenModule(config, vocab.chars, meta=meta)
-    if getattr(args, "compile", False):
-        from namegen.model import compile_model
-
-        on_gpu = args.accelerator in ("gpu", "cuda") or (args.accelerator == "auto" and torch.cuda.is_available())
+        path = datamodule.path.resolve()
+        meta = {"size": plan.run_name,
+                "data": {"path": str(path), "sha256": datamodule.sha256, "n_names": len(datamodule.names)}}
+    module = NameGenModule(plan.config, datamodule.vocab.chars, meta=meta)
+    if opts.compile:
+        on_gpu = opts.accelerator in ("gpu", "cuda") or (opts.accelerator == "auto" and torch.cuda.is_available())
         compile_model(module.model, "cuda" if on_gpu else "cpu")
-    n_params = module.model.num_parameters()
+    return module
 
-    loggers = build_loggers(args.logger, out_dir, run_name, {**config.to_dict(), "num_parameters": n_params},
-                            mode=args.wandb_mode, group=args.wandb_group, run_id=wandb_run_id,
-                            resume_at=None if resume_ckpt is None else (resume_epoch, int(resume_ckpt["global_step"])))
-    checkpoint = ModelCheckpoint(
-        dirpath=out_dir,
-        filename="best",
-        monitor="val/loss",
-        mode="min",
-        save_top_k=1,
-        save_last=True,
-        auto_insert_metric_name=False,
-        enable_version_counter=False,
-    )
+
+def build_trainer(plan: RunPlan, opts: TrainOptions, n_params: int) -> tuple[pl.Trainer, ModelCheckpoint]:
+    """The Lightning Trainer with namegen's loggers, callbacks and atomic checkpoint writes."""
+    saved = (plan.resume_ckpt or {}).get("namegen", {})
+    resume_at = None if plan.resume_ckpt is None else (plan.resume_epoch, int(plan.resume_ckpt["global_step"]))
+    loggers = build_loggers(opts.logger, plan.out_dir, plan.run_name, {**plan.config.to_dict(), "num_parameters": n_params},
+                            mode=opts.wandb_mode, group=opts.wandb_group, run_id=saved.get("wandb_run_id"),
+                            resume_at=resume_at)
+    checkpoint = ModelCheckpoint(dirpath=plan.out_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
+                                 save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
     callbacks: list[pl.Callback] = [checkpoint, SampleTable(), RunClock()]
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    if config.early_stopping_patience:
-        callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=config.early_stopping_patience))
-
-    trainer_kwargs = dict(
-        accelerator=args.accelerator,
-        devices=args.devices,
-        strategy=args.strategy,
-        num_nodes=args.num_nodes,
-        max_epochs=config.max_epochs,
-        gradient_clip_val=config.grad_clip or None,
-        logger=loggers or False,
-        callbacks=callbacks,
+    if plan.config.early_stopping_patience:
+        callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=plan.config.early_stopping_patience))
+    kwargs = dict(
+        accelerator=opts.accelerator, devices=opts.devices, strategy=opts.strategy, num_nodes=opts.num_nodes,
+        max_epochs=plan.config.max_epochs, gradient_clip_val=plan.config.grad_clip or None,
+        logger=loggers or False, callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],  # a kill mid-save never leaves a partial best/last.ckpt
-        use_distributed_sampler=False,  # NamesDataModule shards batches across ranks itself
-        log_every_n_steps=10,
-        enable_model_summary=False,
+        use_distributed_sampler=False,  # the data module shards batches across ranks itself
+        log_every_n_steps=10, enable_model_summary=False,
     )
     for key in ("precision", "limit_train_batches", "limit_val_batches"):
-        if getattr(args, key) is not None:
-            trainer_kwargs[key] = getattr(args, key)
+        if getattr(opts, key) is not None:
+            kwargs[key] = getattr(opts, key)
     try:
-        trainer = pl.Trainer(**trainer_kwargs)
+        return pl.Trainer(**kwargs), checkpoint
     except (MisconfigurationException, ValueError, TypeError, ImportError, RuntimeError) as exc:
-        flags = (f"--accelerator {args.accelerator} --devices {args.devices} --strategy {args.strategy} "
-                 f"--num-nodes {args.num_nodes}" + (f" --precision {args.precision}" if args.precision else ""))
+        flags = (f"--accelerator {opts.accelerator} --devices {opts.devices} --strategy {opts.strategy} "
+                 f"--num-nodes {opts.num_nodes}" + (f" --precision {opts.precision}" if opts.precision else ""))
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{flags}: the Lightning Trainer refused this combination ({first[:300]})") from None
 
-    if rank_zero_only.rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in remove_stale_temporaries(out_dir):
-            say(f"removed {_display(stale)}, left by a save that was killed", file=sys.stderr)
-    if resume_path is not None:
-        say(f"namegen: resuming {run_name} from {_display(resume_path)} after epoch {resume_epoch + 1} of "
-            f"{config.max_epochs}" + (f" (W&B run {wandb_run_id})" if wandb_run_id and loggers else ""))
-    say(f"namegen: training {run_name} on {data_path} ({len(datamodule.train_names):,} train / "
-        f"{len(datamodule.val_names):,} validation names, vocabulary of {len(vocab)} tokens)")
-    say("config: " + json.dumps(config.to_dict()))
-    say(f"trainable parameters: {n_params:,}")
 
+# ----------------------------------------------------------------------------- fit and report
+
+
+def train(opts: TrainOptions) -> TrainResult:
+    """Plan, build, fit, report. Raises UserError for bad input (before anything is written)
+    and Interrupted after a Ctrl-C (the last checkpoint is kept)."""
+    plan = plan_run(opts)
+    pl.seed_everything(plan.config.seed, workers=True, verbose=False)
+    datamodule = build_data(plan, opts)
+    module = build_module(plan, datamodule, opts)
+    n_params = module.model.num_parameters()
+    trainer, checkpoint = build_trainer(plan, opts, n_params)
+    announce(plan, datamodule, trainer, n_params)
     start = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule,
-                    ckpt_path=str(resume_path) if resume_path is not None else None, weights_only=True)
+        trainer.fit(module, datamodule=datamodule, weights_only=True,
+                    ckpt_path=str(plan.resume_path) if plan.resume_path is not None else None)
     except SystemExit:
         if trainer.interrupted:  # Ctrl-C: Lightning shut down gracefully and is exiting
-            _report_interrupt(args, out_dir, trainer)
-            raise SystemExit(INTERRUPTED) from None
+            raise _interrupted(plan, trainer) from None
         raise
-    elapsed = time.perf_counter() - start
-
-    wandb_logger = find_wandb_logger(trainer)
-    if not trainer.is_global_zero:
-        return checkpoint.best_model_score.item() if checkpoint.best_model_score is not None else None
     best = checkpoint.best_model_score
-    say(f"finished in {elapsed:.1f}s after {trainer.current_epoch} epoch(s)")
-    if best is None:
+    result = TrainResult(
+        best_score=None if best is None else best.item(),
+        best_path=Path(checkpoint.best_model_path) if best is not None else None,
+        out_dir=plan.out_dir, epochs=trainer.current_epoch, elapsed_s=time.perf_counter() - start,
+    )
+    if trainer.is_global_zero:
+        result.wandb_sync = sync_hint(finish_wandb(find_wandb_logger(trainer)))
+        report(result)
+    return result
+
+
+def sync_hint(parts: list[Path]) -> str | None:
+    """How to upload an offline W&B run, given its directories."""
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return f"W&B run saved offline; upload it with: wandb sync {display(parts[0])}"
+    run_id = parts[0].name.rsplit("-", 1)[-1]  # a resumed run: one directory per process, synced in order
+    return (f"W&B run {run_id} saved offline in {len(parts)} parts; upload it with: "
+            f"wandb sync {display(parts[0].parent)}/offline-run-*-{run_id}")
+
+
+def announce(plan: RunPlan, datamodule: NamesDataModule, trainer: pl.Trainer, n_params: int) -> None:
+    """Clear what a killed save left, then say what is about to run."""
+    if trainer.is_global_zero:
+        plan.out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in remove_stale_temporaries(plan.out_dir):
+            say(f"removed {display(stale)}, left by a save that was killed", file=sys.stderr)
+    if plan.resume_path is not None:
+        run_id = plan.resume_ckpt["namegen"].get("wandb_run_id")
+        say(f"namegen: resuming {plan.run_name} from {display(plan.resume_path)} after epoch "
+            f"{plan.resume_epoch + 1} of {plan.config.max_epochs}"
+            + (f" (W&B run {run_id})" if run_id and trainer.loggers else ""))
+    say(f"namegen: training {plan.run_name} on {plan.data_path} ({len(datamodule.train_names):,} train / "
+        f"{len(datamodule.val_names):,} validation names, vocabulary of {len(datamodule.vocab)} tokens)")
+    say("config: " + json.dumps(plan.config.to_dict()))
+    say(f"trainable parameters: {n_params:,}")
+
+
+def report(result: TrainResult) -> None:
+    say(f"finished in {result.elapsed_s:.1f}s after {result.epochs} epoch(s)")
+    if result.best_score is None:
         say("no validation ran, so no best.ckpt was written", file=sys.stderr)
     else:
-        best_path = _display(checkpoint.best_model_path)
-        say(f"best val/loss {best.item():.4f} (perplexity {best.exp().item():.3f}): {best_path}")
-        say(f"sample from it: python sample.py --ckpt {best_path}")
-    if wandb_logger is not None:
-        import wandb
-
-        run_dir = Path(wandb_logger.experiment.dir).parent
-        offline = wandb_logger.experiment.settings.mode in ("offline", "dryrun")
-        if offline:
-            run_id = wandb_logger.experiment.id
-            parts = sorted(run_dir.parent.glob(f"offline-run-*-{run_id}"))
-            if len(parts) > 1:  # a resumed run: one directory per process, synced in order into one run
-                say(f"W&B run {run_id} saved offline in {len(parts)} parts; upload it with: "
-                    f"wandb sync {_display(run_dir.parent)}/offline-run-*-{run_id}")
-            else:
-                say(f"W&B run saved offline; upload it with: wandb sync {_display(run_dir)}")
-        wandb.finish()
-    return best.item() if best is not None else None
+        best = display(result.best_path)
+        say(f"best val/loss {result.best_score:.4f} (perplexity {torch.tensor(result.best_score).exp().item():.3f}): "
+            f"{best}")
+        say(f"sample from it: python sample.py --ckpt {best}")
+    if result.wandb_sync:
+        say(result.wandb_sync)
 
 
-def _report_interrupt(args: argparse.Namespace, out_dir: Path, trainer: pl.Trainer) -> None:
-    """After Ctrl-C: say what was kept and how to continue; close the W&B run."""
+def _interrupted(plan: RunPlan, trainer: pl.Trainer) -> Interrupted:
+    """After Ctrl-C: close the W&B run; say which checkpoint is kept (the CLI says how to resume)."""
     if not trainer.is_global_zero:
-        return
-    last = out_dir / "last.ckpt"
-    if last.exists():
-        try:
-            epoch = int(read_checkpoint(last, flag="--resume")["epoch"]) + 1
-            kept = f"{_display(last)} (after epoch {epoch})"
-        except UserError:
-            kept = _display(last)
-        say(f"interrupted: {kept} is kept; resume with: {resume_command(args, out_dir)}", file=sys.stderr)
-    else:
-        say("interrupted before the first epoch finished, so there is no checkpoint to resume from; "
-            "run the same command again to start over", file=sys.stderr)
-    if find_wandb_logger(trainer) is not None:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish(exit_code=INTERRUPTED)
+        return Interrupted(quiet=True)
+    finish_wandb(find_wandb_logger(trainer), exit_code=130)
+    last = plan.out_dir / "last.ckpt"
+    if not last.exists():
+        return Interrupted(None)
+    try:
+        epoch = int(read_training_checkpoint(last)["epoch"]) + 1
+    except UserError:
+        epoch = None
+    return Interrupted(last, epoch, shown=display(last))

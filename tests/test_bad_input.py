@@ -15,7 +15,8 @@ import torch
 
 from namegen.api import NameGenerator
 from namegen.checkpoint import load_checkpoint
-from namegen.cli import run, sample_main, train_main
+from namegen.errors import UserError
+from cli_helpers import run
 
 TINY = ["--max-epochs", "1", "--batch-size", "16", "--limit-train-batches", "2", "--accelerator", "cpu",
         "--logger", "none"]
@@ -47,7 +48,7 @@ def trained_ckpt(tmp_path_factory, real_names):
     tmp = tmp_path_factory.mktemp("bad-input")
     data = tmp / "names.txt"
     data.write_text("\n".join(real_names.read_text().splitlines()[:200]) + "\n")
-    assert run(train_main, ["--data", str(data), "--out", str(tmp / "run"), *TINY]) == 0
+    assert run("train", ["--data", str(data), "--out", str(tmp / "run"), *TINY]) == 0
     return tmp / "run" / "best.ckpt"
 
 
@@ -87,7 +88,7 @@ def _write(path, payload):
 ], ids=["missing", "directory", "empty", "blank-lines", "binary", "not-utf8", "single-name", "dot"])
 def test_bad_data_file(tmp_path, saved_run, capsys, payload, needle):
     data = _write(tmp_path / "names.txt", payload)
-    code, _, err = call(train_main, ["--data", data, "--out", saved_run, "--overwrite", *TINY], capsys)
+    code, _, err = call("train", ["--data", data, "--out", saved_run, "--overwrite", *TINY], capsys)
     assert_one_line_error(code, err, "--data:", str(data), needle)
 
 
@@ -97,7 +98,7 @@ def test_messy_but_valid_data_trains_and_samples(tmp_path, capsys):
     data = tmp_path / "messy.txt"
     data.write_bytes(messy.encode("utf-8"))
     out = tmp_path / "run"
-    assert run(train_main, [str(a) for a in ("--data", data, "--out", out, *TINY)]) == 0
+    assert run("train", [str(a) for a in ("--data", data, "--out", out, *TINY)]) == 0
     capsys.readouterr()
     ckpt = torch.load(out / "best.ckpt", weights_only=True)
     cleaned = ["Emma", "olivia", "Olivia", "olivia", "Jean-Luc", "O'Brien", "Mary Ann", "Zoë", "Élodie", "Anaïs"]
@@ -106,7 +107,7 @@ def test_messy_but_valid_data_trains_and_samples(tmp_path, capsys):
     gen = NameGenerator.from_checkpoint(out / "best.ckpt")
     names = gen.sample(30, seed=0, prefix="É")
     assert all(n.startswith("É") and set(n) <= set(ckpt["namegen"]["vocab"]) for n in names)
-    code, stdout, err = call(sample_main, ["--ckpt", out / "best.ckpt", "-n", "5", "--prefix", "Jean-", "--seed", "1"],
+    code, stdout, err = call("sample", ["--ckpt", out / "best.ckpt", "-n", "5", "--prefix", "Jean-", "--seed", "1"],
                              capsys)
     assert code == 0, err
     assert [n[:5] for n in stdout.splitlines()] == ["Jean-"] * 5
@@ -118,9 +119,9 @@ def test_names_longer_than_block_size_warn_and_train_whole(tmp_path, capsys):
     data.write_text("\n".join(["emma", "ava", long_name, "mia", "noah"] * 4) + "\n")
     out = tmp_path / "run"
     with pytest.warns(UserWarning, match=r"4 of 20 names .* longer than block_size 12 \(longest: 30\).*nothing is truncated"):
-        assert run(train_main, [str(a) for a in ("--data", data, "--out", out, *TINY)]) == 0
+        assert run("train", [str(a) for a in ("--data", data, "--out", out, *TINY)]) == 0
     capsys.readouterr()
-    from namegen.data import NamesDataModule
+    from namegen.datamodule import NamesDataModule
 
     dm = NamesDataModule(data, batch_size=4, block_size=12)
     with pytest.warns(UserWarning):
@@ -184,7 +185,7 @@ CKPT_CASES = ["missing", "directory", "truncated", "text", "other-project", "voc
 @pytest.mark.parametrize("case", CKPT_CASES)
 def test_bad_checkpoint_for_sampling(tmp_path, trained_ckpt, capsys, case):
     path, needle = _bad_checkpoints(tmp_path, trained_ckpt)[case]
-    code, out, err = call(sample_main, ["--ckpt", path, "-n", "3"], capsys)
+    code, out, err = call("sample", ["--ckpt", path, "-n", "3"], capsys)
     assert_one_line_error(code, err, "--ckpt:", str(path), needle)
     assert out == ""
 
@@ -192,7 +193,7 @@ def test_bad_checkpoint_for_sampling(tmp_path, trained_ckpt, capsys, case):
 @pytest.mark.parametrize("case", ["missing", "truncated", "text", "other-project", "vocab-not-chars"])
 def test_bad_checkpoint_for_resuming(tmp_path, trained_ckpt, names_file, capsys, case):
     path, _ = _bad_checkpoints(tmp_path, trained_ckpt)[case]
-    code, _, err = call(train_main, ["--data", names_file, "--resume", path, "--out", tmp_path / "out", *TINY], capsys)
+    code, _, err = call("train", ["--data", names_file, "--resume", path, "--out", tmp_path / "out", *TINY], capsys)
     assert_one_line_error(code, err, "--resume:", str(path))
     assert not (tmp_path / "out").exists()
 
@@ -206,11 +207,11 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, trained_ckpt, name
     plain.write_bytes(pickle.dumps(_Payload(marker), protocol=4))
 
     for argv in (["--ckpt", evil], ["--ckpt", plain]):
-        code, out, err = call(sample_main, argv, capsys)
+        code, out, err = call("sample", argv, capsys)
         assert_one_line_error(code, err, str(argv[1]), "refused", "nothing in it was run")
-    code, _, err = call(train_main, ["--data", names_file, "--resume", evil, "--out", tmp_path / "o", *TINY], capsys)
+    code, _, err = call("train", ["--data", names_file, "--resume", evil, "--out", tmp_path / "o", *TINY], capsys)
     assert_one_line_error(code, err, "--resume:", "refused", "posix.system" if os.name == "posix" else "system")
-    with pytest.raises(Exception):
+    with pytest.raises(UserError, match="nothing in it was run"):
         load_checkpoint(evil)
     assert not marker.exists()
 
@@ -239,21 +240,21 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, trained_ckpt, name
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_bad_train_flags(names_file, saved_run, capsys, flags, needles):
     base = ["--data", names_file, "--out", saved_run, "--overwrite", *TINY]
-    code, _, err = call(train_main, [*base, *flags], capsys)
+    code, _, err = call("train", [*base, *flags], capsys)
     assert_one_line_error(code, err, *needles)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 @pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
 def test_gpu_requested_without_a_gpu(names_file, saved_run, capsys, accelerator):
-    code, _, err = call(train_main, ["--data", names_file, "--out", saved_run, "--overwrite", *TINY,
+    code, _, err = call("train", ["--data", names_file, "--out", saved_run, "--overwrite", *TINY,
                                      "--accelerator", accelerator], capsys)
     assert_one_line_error(code, err, f"--accelerator {accelerator}", "no CUDA GPU", "--accelerator cpu")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_sampling_on_cuda_without_a_gpu(trained_ckpt, capsys):
-    code, _, err = call(sample_main, ["--ckpt", trained_ckpt, "--device", "cuda"], capsys)
+    code, _, err = call("sample", ["--ckpt", trained_ckpt, "--device", "cuda"], capsys)
     assert_one_line_error(code, err, "--device cuda", "--device cpu")
 
 
@@ -269,11 +270,11 @@ def test_sampling_on_cuda_without_a_gpu(trained_ckpt, capsys):
     (["--prefix", "é"], ["--prefix", "'é' not in this model's vocabulary"]),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_bad_sample_flags(trained_ckpt, capsys, flags, needles):
-    code, out, err = call(sample_main, ["--ckpt", trained_ckpt, *flags], capsys)
+    code, out, err = call("sample", ["--ckpt", trained_ckpt, *flags], capsys)
     assert_one_line_error(code, err, *needles)
     assert out == ""
 
 
 def test_top_k_equal_to_the_vocabulary_is_fine(trained_ckpt, capsys):
-    code, out, err = call(sample_main, ["--ckpt", trained_ckpt, "--top-k", "27", "-n", "4", "--seed", "0"], capsys)
+    code, out, err = call("sample", ["--ckpt", trained_ckpt, "--top-k", "27", "-n", "4", "--seed", "0"], capsys)
     assert code == 0 and len(out.splitlines()) == 4, err

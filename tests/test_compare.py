@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from namegen.compare import TABLE_COLUMNS, compare, compare_parser, read_history
-from namegen.evaluate import evaluate_main
+from cli_helpers import run
+from namegen.compare import TABLE_COLUMNS, CompareOptions, compare, read_history
+from namegen.training import TrainOptions
 
 
 def table_rows(report: str) -> list[list[str]]:
@@ -34,6 +35,7 @@ def compared(tmp_path_factory, real_names):
     return tmp, proc
 
 
+@pytest.mark.slow
 def test_compare_writes_a_figure_and_a_row_per_size(compared):
     tmp, proc = compared
     out = tmp / "reports" / "today"
@@ -52,6 +54,7 @@ def test_compare_writes_a_figure_and_a_row_per_size(compared):
     assert proc.stdout.rstrip().endswith("report: reports/today/report.md")
 
 
+@pytest.mark.slow
 def test_reported_loss_is_the_training_best_val_loss(compared):
     """Evaluating best.ckpt on its rebuilt validation split gives back the val/loss training logged."""
     tmp, _ = compared
@@ -63,6 +66,7 @@ def test_reported_loss_is_the_training_best_val_loss(compared):
         assert hist.wall_s > 0 and hist.train_s > 0 and hist.train_tokens > 0
 
 
+@pytest.mark.slow
 def test_compare_checkpoints_logs_to_an_active_wandb_run(compared, tmp_path, monkeypatch):
     import wandb
     from test_train_sample import read_wandb_history
@@ -71,16 +75,14 @@ def test_compare_checkpoints_logs_to_an_active_wandb_run(compared, tmp_path, mon
     ckpts = [str(tmp / "runs" / size / "best.ckpt") for size in ("small", "medium")]
     readme = tmp_path / "README.md"
     readme.write_text("# x\n\n## Compare\n<!-- compare:start -->\nold\n<!-- compare:end -->\n\n## Tests\n")
-    args = compare_parser().parse_args(
-        ["--ckpt", *ckpts, "--reports-dir", str(tmp_path / "r"), "--date", "d", "-n", "50", "--logger", "none",
-         "--update-readme", str(readme), "--labels", "S", "M"]
-    )
+    opts = CompareOptions(ckpt=[Path(c) for c in ckpts], reports_dir=tmp_path / "r", date="d", num_samples=50,
+                          training=TrainOptions(logger="none"), update_readme=readme, labels=["S", "M"])
     # wandb.init exports WANDB_SERVICE; later tests' subprocesses must not inherit it
     monkeypatch.setenv("WANDB_SERVICE", "")
     monkeypatch.delenv("WANDB_SERVICE")
     run = wandb.init(project="namegen-test", mode="offline", dir=str(tmp_path))
     try:
-        report = compare(args)
+        report = compare(opts)
     finally:
         run_dir = run.dir
         wandb.finish()
@@ -95,10 +97,11 @@ def test_compare_checkpoints_logs_to_an_active_wandb_run(compared, tmp_path, mon
     assert logged.get("compare/loss_curves/_type") == "image-file"
 
 
+@pytest.mark.slow
 def test_evaluate_cli_on_a_trained_checkpoint(compared, capsys):
     tmp, _ = compared
     ckpt = tmp / "runs" / "small" / "best.ckpt"
-    assert evaluate_main(["--ckpt", str(ckpt), "-n", "30", "--json"]) == 0
+    assert run("evaluate", ["--ckpt", str(ckpt), "-n", "30", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     hist = read_history(tmp / "runs" / "small" / "metrics.csv")
     assert result["likelihood"]["nll"] == pytest.approx(min(hist.val.values()), abs=2e-4)
@@ -124,19 +127,16 @@ def test_read_history_of_a_hand_written_metrics_csv(tmp_path):
 
 
 def test_compare_bad_input_is_one_line(tmp_path, capsys):
-    from namegen.cli import run
-    from namegen.compare import compare_main
-
-    assert run(compare_main, []) == 2
+    assert run("compare", []) == 2
     assert capsys.readouterr().err.startswith("error: nothing to compare")
-    assert run(compare_main, ["--ckpt", str(tmp_path / "missing.ckpt")]) == 2
+    assert run("compare", ["--ckpt", str(tmp_path / "missing.ckpt")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing.ckpt" in err
     (tmp_path / "README.md").write_text("# no markers\n")
-    assert run(compare_main, ["--train", "small", "--update-readme", str(tmp_path / "README.md")]) == 2
+    assert run("compare", ["--train", "small", "--update-readme", str(tmp_path / "README.md")]) == 2
     assert "<!-- compare:start -->" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
-        compare_main(["--train", "huge"])
+        run("compare", ["--train", "huge"])
     assert exc.value.code == 2 and capsys.readouterr().err.startswith("error:")
 
 

@@ -1,14 +1,13 @@
+"""namegen.data: reading names, the vocabulary, encoding, the split, batching, the training-file lookup."""
+
 import hashlib
-import http.server
-import threading
-from functools import partial
 
 import pytest
 import torch
 
 from namegen.data import (
-    END, IGNORE, PAD, IndexBatchSampler, NameBatches, NamesDataModule, Vocab, download_names,
-    encode_names, read_names, split_names,
+    DEFAULT_DATA, END, IGNORE, NAMES_SHA256, PAD, IndexBatchSampler, NameBatches, Vocab, encode_names,
+    find_training_file, read_names, sha256_of, split_names,
 )
 from namegen.errors import UserError
 
@@ -82,47 +81,36 @@ def test_group_by_length_reduces_padding():
     assert padded(grouped) < 0.8 * plain
 
 
-@pytest.fixture
-def http_server(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a, **k: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+def test_split_is_scikit_learns_train_test_split(real_names):
+    """The notebook split with scikit-learn; namegen computes the same split with NumPy alone."""
+    from sklearn.model_selection import train_test_split
+
+    names = read_names(real_names)
+    for seed, subset in ((42, names), (0, names[:1001]), (5, names[:11])):
+        train, val = train_test_split(subset, test_size=0.2, random_state=seed, shuffle=True)
+        assert split_names(subset, seed) == (list(train), list(val))
 
 
-def test_download_verifies_checksum_and_writes_atomically(http_server, real_names, tmp_path):
-    root, base = http_server
-    (root / "names.txt").write_bytes(real_names.read_bytes())
-    dest = tmp_path / "data" / "names.txt"
-    download_names(dest, f"{base}/names.txt")
-    assert dest.read_bytes() == real_names.read_bytes()
-    assert list(dest.parent.iterdir()) == [dest]  # no temporary file left behind
+def test_the_shipped_names_are_makemores(real_names):
+    """names.txt ships inside the package, byte for byte makemore's, and is the default data."""
+    assert DEFAULT_DATA.read_bytes() == real_names.read_bytes()
+    assert hashlib.sha256(DEFAULT_DATA.read_bytes()).hexdigest() == NAMES_SHA256
 
 
-def test_download_with_a_wrong_checksum_writes_nothing(http_server, tmp_path):
-    root, base = http_server
-    (root / "names.txt").write_text("not\nthe\nfile\n")
-    dest = tmp_path / "data" / "names.txt"
-    with pytest.raises(UserError, match="sha256"):
-        download_names(dest, f"{base}/names.txt")
-    assert not dest.exists() and list(dest.parent.iterdir()) == []
-
-
-def test_download_without_network_says_how_to_supply_the_file(tmp_path):
-    with pytest.raises(UserError, match="--data PATH"):
-        download_names(tmp_path / "names.txt", "http://127.0.0.1:9/names.txt")
-
-
-def test_datamodule_downloads_the_default_file(http_server, real_names, tmp_path, monkeypatch):
-    root, base = http_server
-    (root / "names.txt").write_bytes(real_names.read_bytes())
-    monkeypatch.chdir(tmp_path)
-    dm = NamesDataModule(url=f"{base}/names.txt")
-    dm.prepare_data()
-    dm.setup("fit")
-    assert (tmp_path / "data" / "names.txt").read_bytes() == real_names.read_bytes()
-    assert len(dm.train_names) == 25626 and len(dm.vocab) == 28
+def test_training_file_lookup(tmp_path):
+    path = tmp_path / "train.txt"
+    path.write_text("emma\nava\n")
+    record = {"path": str(path), "sha256": sha256_of(path)}
+    assert find_training_file(record) == path
+    moved = tmp_path / "moved.txt"
+    moved.write_bytes(path.read_bytes())
+    assert find_training_file(record, moved) == moved  # a moved copy, same sha256
+    with pytest.raises(UserError, match="does not record its training file") as exc:
+        find_training_file({"path": None})
+    assert exc.value.about == "train_data"
+    path.write_text("emma\n")
+    with pytest.raises(UserError, match="has changed since training"):
+        find_training_file(record)
+    path.unlink()
+    with pytest.raises(UserError, match="is not there"):
+        find_training_file(record)

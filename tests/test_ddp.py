@@ -20,6 +20,8 @@ from namegen.checkpoint import load_checkpoint
 from namegen.data import IGNORE, NameBatches, encode_names, read_names, split_names
 from test_train_sample import read_wandb_history
 
+pytestmark = pytest.mark.slow  # two training processes
+
 EPOCHS, BATCH = 2, 8
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from namegen.checkpoint import LoadedModel
+from namegen.config import load_config
 from namegen.data import Vocab
 from namegen.errors import UserError
 from namegen.evaluate import (
@@ -24,8 +25,8 @@ def tiny_loaded(dropout: float = 0.0) -> LoadedModel:
     torch.manual_seed(0)
     vocab = Vocab(list("abcdemz"))
     model = GRULanguageModel(len(vocab), n_layer=2, n_embd=8, n_hidden=16, dropout=dropout)
-    config = {"block_size": 6, "seed": 42}
-    return LoadedModel(model=model, vocab=vocab, meta={"config": config, "size": "tiny"})
+    config = load_config("small").replace(n_layer=2, n_embd=8, n_hidden=16, block_size=6, seed=42)
+    return LoadedModel(model=model, vocab=vocab, config=config, meta={"config": config.to_dict(), "size": "tiny"})
 
 
 def direct_nll(model, vocab, names, start: int = 1) -> float:
@@ -150,5 +151,6 @@ def test_checkpoint_data_rebuilds_the_split_and_checks_the_file(tmp_path):
     with pytest.raises(UserError, match="sha256"):
         checkpoint_data(loaded)
     loaded.meta["data"]["path"] = str(tmp_path / "gone.txt")
-    with pytest.raises(UserError, match="--train-data"):
+    with pytest.raises(UserError, match="is not there") as exc:
         checkpoint_data(loaded)
+    assert exc.value.about == "train_data"  # evaluate.py names it --train-data (test_cli.py)

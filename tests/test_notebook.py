@@ -16,9 +16,8 @@ import torch
 import notebook_transcript as nb
 from conftest import ROOT, run_cli
 from namegen.api import NameGenerator
-from namegen.checkpoint import load_checkpoint
-from namegen.cli import run, sample_main
-from namegen.convert import main as convert_main
+from namegen.api import load_model as load_checkpoint
+from cli_helpers import run
 
 SIZES = {
     # size: (class, base name in the notebook, embd_dim, hidden_dim, dropout the notebook's load_model gets)
@@ -83,7 +82,7 @@ def test_sampling_starts_from_padding_like_generate_names(pth_files, size, capsy
     """sample.py's names, and each one's log-probability, against the notebook model run its
     own way: the whole context re-run from token 0 at every step, as generate_names does."""
     _, files = pth_files
-    assert run(sample_main, ["--ckpt", files[size], "-n", "8", "--seed", "0", "--max-len", "12",
+    assert run("sample", ["--ckpt", files[size], "-n", "8", "--seed", "0", "--max-len", "12",
                              "--format", "json"]) == 0
     out, err = capsys.readouterr()
     rows = [json.loads(line) for line in out.splitlines()]
@@ -101,12 +100,13 @@ def test_sampling_starts_from_padding_like_generate_names(pth_files, size, capsy
             assert row["logprob"] == pytest.approx(direct, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_convert_keeps_every_tensor_and_samples_the_same(pth_files, tmp_path, capsys, monkeypatch):
     """namegen.convert's tensors are the notebook's; sample.py in a fresh process prints from the
     .pth the same names the converted checkpoint gives."""
     root, files = pth_files
     out = tmp_path / "gamma.ckpt"
-    assert run(convert_main, [files["large"], str(out)]) == 0
+    assert run("convert", [files["large"], str(out)]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
     src = torch.load(files["large"], weights_only=True)["state_dict"]
     ckpt = torch.load(out, weights_only=True)
@@ -133,7 +133,7 @@ def test_convert_keeps_every_tensor_and_samples_the_same(pth_files, tmp_path, ca
 def test_convert_in_process_keeps_tensors(pth_files, tmp_path, size):
     _, files = pth_files
     out = tmp_path / f"{size}.ckpt"
-    assert run(convert_main, [files[size], str(out)]) == 0
+    assert run("convert", [files[size], str(out)]) == 0
     src = torch.load(files[size], weights_only=True)["state_dict"]
     got = load_checkpoint(out)
     assert got.start_token == 0 and got.from_notebook and got.meta["size"] == size
@@ -156,44 +156,44 @@ def test_convert_refuses_to_overwrite_without_force(pth_files, tmp_path, capsys)
     _, files = pth_files
     out = tmp_path / "a.ckpt"
     out.write_text("keep me")
-    assert run(convert_main, [files["small"], str(out)]) == 2
+    assert run("convert", [files["small"], str(out)]) == 2
     assert "--force" in _stderr_line(capsys) and out.read_text() == "keep me"
-    assert run(convert_main, [files["small"], str(out), "--force"]) == 0
+    assert run("convert", [files["small"], str(out), "--force"]) == 0
     assert load_checkpoint(out).meta["size"] == "small"
 
 
 def test_convert_errors_are_one_line(pth_files, tmp_path, capsys):
     _, files = pth_files
-    assert run(convert_main, [str(tmp_path / "nope.pth"), str(tmp_path / "o.ckpt")]) == 2
+    assert run("convert", [str(tmp_path / "nope.pth"), str(tmp_path / "o.ckpt")]) == 2
     assert "not found" in _stderr_line(capsys)
 
     text = tmp_path / "names.pth"
     text.write_text("emma\nolivia\n")
-    assert run(convert_main, [str(text), str(tmp_path / "o.ckpt")]) == 2
+    assert run("convert", [str(text), str(tmp_path / "o.ckpt")]) == 2
     assert "not a readable checkpoint" in _stderr_line(capsys)
 
     other = tmp_path / "other.pth"
     torch.save({"weights": torch.zeros(3)}, other)
-    assert run(convert_main, [str(other), str(tmp_path / "o.ckpt")]) == 2
+    assert run("convert", [str(other), str(tmp_path / "o.ckpt")]) == 2
     assert "not a notebook checkpoint" in _stderr_line(capsys)
 
     obj = torch.load(files["small"], weights_only=True)
     odd = tmp_path / "odd.pth"
     torch.save({**obj, "model_class": "GRU_HugeModel"}, odd)
-    assert run(convert_main, [str(odd), str(tmp_path / "o.ckpt")]) == 2
+    assert run("convert", [str(odd), str(tmp_path / "o.ckpt")]) == 2
     assert "unknown model_class 'GRU_HugeModel'" in _stderr_line(capsys)
 
     torch.save({**obj, "model_class": "GRU_MediumModel"}, odd)  # small weights, medium label
-    assert run(convert_main, [str(odd), str(tmp_path / "o.ckpt")]) == 2
+    assert run("convert", [str(odd), str(tmp_path / "o.ckpt")]) == 2
     line = _stderr_line(capsys)
     assert "does not match GRU_MediumModel" in line and "gru_layer_1.grucell" in line
 
     torch.save({**obj, "hidden_dim": 64}, odd)
-    assert run(convert_main, [str(odd), str(tmp_path / "o.ckpt")]) == 2
+    assert run("convert", [str(odd), str(tmp_path / "o.ckpt")]) == 2
     assert "do not fit GRU_SmallModel with embd_dim=64, hidden_dim=64" in _stderr_line(capsys)
 
     torch.save({**obj, "n_classes": 30}, odd)
-    assert run(convert_main, [str(odd), str(tmp_path / "o.ckpt")]) == 2
+    assert run("convert", [str(odd), str(tmp_path / "o.ckpt")]) == 2
     assert "n_classes is 30" in _stderr_line(capsys)
     assert not (tmp_path / "o.ckpt").exists()
 
@@ -202,17 +202,17 @@ def test_sample_py_reports_a_bad_notebook_file_in_one_line(pth_files, tmp_path, 
     obj = torch.load(pth_files[1]["small"], weights_only=True)
     bad = tmp_path / "bad.pth"
     torch.save({**obj, "model_class": "MyModel"}, bad)
-    assert run(sample_main, ["--ckpt", str(bad)]) == 2
+    assert run("sample", ["--ckpt", str(bad)]) == 2
     assert "unknown model_class 'MyModel'" in _stderr_line(capsys)
 
 
 def test_new_only_on_a_notebook_model_needs_data(pth_files, tmp_path, capsys):
     _, files = pth_files
-    assert run(sample_main, ["--ckpt", files["small"], "--new-only"]) == 2
+    assert run("sample", ["--ckpt", files["small"], "--new-only"]) == 2
     assert "--data" in _stderr_line(capsys)
     data = tmp_path / "names.txt"
     data.write_text("\n".join(sorted(LETTERS)) + "\n")
-    assert run(sample_main, ["--ckpt", files["small"], "--new-only", "--data", str(data), "--max-len", "2",
+    assert run("sample", ["--ckpt", files["small"], "--new-only", "--data", str(data), "--max-len", "2",
                              "-n", "40", "--seed", "0", "--format", "json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 40 and all(len(r["name"]) == 2 and r["is_new"] is True for r in rows)

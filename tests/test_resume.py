@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import multiprocessing
 import os
 import shlex
 import signal
@@ -25,8 +24,7 @@ import torch
 from conftest import ROOT
 from namegen.config import load_config
 from namegen.api import NameGenerator
-from namegen.checkpoint_io import atomic_torch_save, remove_stale_temporaries
-from namegen.cli import run, train_main
+from cli_helpers import run
 
 EPOCHS = 3
 STEPS_PER_EPOCH = 40  # 160 training names in batches of 4
@@ -115,12 +113,14 @@ def scenario(tmp_path_factory, real_names):
     return s
 
 
+@pytest.mark.slow
 def test_sigkill_landed_mid_epoch_and_left_good_checkpoints(scenario):
     assert scenario["a_rc"] == -signal.SIGKILL
     assert scenario["a_last_epoch"] == 0  # killed before epoch 1's checkpoint...
     assert any(r["epoch"] == "1" for r in scenario["a_rows"])  # ...after epoch 1 had logged steps
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_keeps_last_ckpt_and_prints_the_resume_command(scenario):
     assert scenario["b_rc"] == 130, scenario["b_err"][-3000:]
     assert "Restored all states from the checkpoint" in scenario["b_err"] + scenario["b_out"]
@@ -131,6 +131,7 @@ def test_ctrl_c_exits_130_keeps_last_ckpt_and_prints_the_resume_command(scenario
     assert scenario["c_command"][-1] == "--resume" and "--overwrite" not in scenario["c_command"]
 
 
+@pytest.mark.slow
 def test_resumed_run_reaches_its_epochs_with_history_kept(scenario):
     out = scenario["out"]
     assert scenario["c_rc"] == 0, scenario["c_err"][-3000:]
@@ -150,6 +151,7 @@ def test_resumed_run_reaches_its_epochs_with_history_kept(scenario):
     assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.2 * lrs[0]
 
 
+@pytest.mark.slow
 def test_best_ckpt_is_loadable_and_samples(scenario):
     out = scenario["out"]
     best = torch.load(out / "best.ckpt", weights_only=True)
@@ -162,6 +164,7 @@ def test_best_ckpt_is_loadable_and_samples(scenario):
     assert len(names) == 10 and all(names)
 
 
+@pytest.mark.slow
 def test_one_wandb_run_across_the_three_processes(scenario):
     out = scenario["out"]
     dirs = sorted(glob.glob(str(out / "wandb" / "offline-run-*")))
@@ -178,7 +181,7 @@ def test_one_wandb_run_across_the_three_processes(scenario):
 
 def _call(argv, capsys):
     try:
-        code = run(train_main, [str(a) for a in argv])
+        code = run("train", [str(a) for a in argv])
     except SystemExit as exc:
         code = exc.code
     return code, capsys.readouterr().err
@@ -192,7 +195,7 @@ def finished_run(tmp_path_factory, real_names):
     out = tmp / "run"
     argv = ["--data", data, "--out", out, "--max-epochs", "1", "--batch-size", "16", "--limit-train-batches", "2",
             "--accelerator", "cpu", "--logger", "csv"]
-    assert run(train_main, [str(a) for a in argv]) == 0
+    assert run("train", [str(a) for a in argv]) == 0
     return data, out, argv
 
 
@@ -216,46 +219,3 @@ def test_resume_errors_are_one_line(finished_run, tmp_path, capsys):
         (line,) = [ln for ln in err.splitlines() if ln.startswith("error: ")]
         assert needle in line, line
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
-
-
-# --------------------------------------------------------------------- atomic checkpoint writes
-
-_BIG = None
-
-
-def _save_forever(path: str) -> None:
-    version = 2
-    while True:  # the tensor was made before the fork: the child only serialises and writes
-        atomic_torch_save({"version": version, "weights": _BIG}, path)
-        version += 1
-
-
-def test_a_kill_during_a_save_leaves_the_previous_checkpoint(tmp_path):
-    global _BIG
-    _BIG = torch.ones(8_000_000)  # 32 MB: each save takes a while
-    path = tmp_path / "last.ckpt"
-    atomic_torch_save({"version": 1, "weights": torch.zeros(3)}, path)
-    for attempt in range(3):
-        child = multiprocessing.get_context("fork").Process(target=_save_forever, args=(str(path),))
-        child.start()
-        deadline = time.monotonic() + 60
-        while not list(tmp_path.glob(".last.ckpt.*.tmp")):  # a save is under way
-            assert time.monotonic() < deadline and child.is_alive(), "no save started"
-            time.sleep(0.001)
-        os.kill(child.pid, signal.SIGKILL)
-        child.join()
-        ckpt = torch.load(path, weights_only=True)  # whole, never partial
-        assert ckpt["version"] >= 1 and (ckpt["version"] == 1 or ckpt["weights"].numel() == 8_000_000)
-        stale = list(tmp_path.glob(".last.ckpt.*.tmp"))
-        assert stale  # the kill did land mid-save
-        assert remove_stale_temporaries(tmp_path) == stale and not list(tmp_path.glob(".*.tmp"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
-
-
-def test_a_failed_save_leaves_the_old_file_and_no_temporary(tmp_path):
-    path = tmp_path / "best.ckpt"
-    atomic_torch_save({"version": 1}, path)
-    before = path.read_bytes()
-    with pytest.raises(Exception):
-        atomic_torch_save({"version": 2, "bad": lambda: None}, path)  # cannot be pickled
-    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["best.ckpt"]

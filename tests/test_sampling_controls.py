@@ -11,12 +11,11 @@ import pytest
 import torch
 
 from namegen.api import NameGenerator, NotEnoughNames
-from namegen.cli import run, sample_main
+from cli_helpers import run
 from namegen.config import load_config
-from namegen.convert import write_checkpoint
-from namegen.data import sha256_of
+from namegen.checkpoint import build_meta, write_checkpoint
+from namegen.data import Vocab, sha256_of
 from namegen.model import GRULanguageModel
-from namegen.module import CHECKPOINT_FORMAT
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
@@ -28,14 +27,13 @@ def ckpt(tmp_path):
     torch.manual_seed(0)
     config = load_config("small").replace(n_embd=8, n_hidden=16)
     model = GRULanguageModel.from_config(config, vocab_size=28)
-    meta = {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "vocab": list(LETTERS),
-            "num_parameters": model.num_parameters(), "size": "tiny",
-            "data": {"path": str(train.resolve()), "sha256": sha256_of(train), "n_names": 26}}
+    meta = build_meta(config, Vocab(list(LETTERS)), model.num_parameters(), size="tiny",
+                      data={"path": str(train.resolve()), "sha256": sha256_of(train), "n_names": 26})
     return write_checkpoint(tmp_path / "tiny.ckpt", meta, model.state_dict()), train
 
 
 def sample(capsys, *args):
-    status = run(sample_main, list(map(str, args)))
+    status = run("sample", list(map(str, args)))
     out, err = capsys.readouterr()
     return status, out.splitlines(), err.strip().splitlines()
 

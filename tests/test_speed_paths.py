@@ -158,13 +158,6 @@ def test_compiled_model_matches_eager_inductor():
     _check_compiled_matches_eager(None)
 
 
-def test_compile_flags_parse():
-    from namegen.cli import sample_parser, train_parser
-
-    assert train_parser().parse_args(["--compile"]).compile and not train_parser().parse_args([]).compile
-    assert sample_parser().parse_args(["--ckpt", "x", "--compile"]).compile
-
-
 def test_sampling_bookkeeping_when_finished_names_leave_the_batch():
     """Each sampled name's returned log-probability equals the model's score of that name plus the end token."""
     from namegen.data import END

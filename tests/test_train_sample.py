@@ -11,6 +11,8 @@ from conftest import run_cli
 from namegen.api import NameGenerator
 from namegen.checkpoint import load_checkpoint
 
+pytestmark = pytest.mark.slow  # train.py and sample.py in fresh processes
+
 QUICK = ["--max-epochs", "1", "--limit-train-batches", "3", "--accelerator", "cpu"]
 
 

@@ -1,19 +1,19 @@
-"""Loggers and callbacks: Weights & Biases (offline unless asked), the CSV history, sample tables."""
+"""Loggers: the CSV history beside the checkpoints, and Weights & Biases."""
 
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 
 import lightning.pytorch as pl
-import torch
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from lightning.fabric.loggers.logger import rank_zero_experiment
 
+from namegen.checkpoint import atomic_write
 from namegen.errors import UserError
-from namegen.sampling import sample_ids
 
 WANDB_PROJECT = "namegen"
 
@@ -49,7 +49,8 @@ def build_loggers(
         try:
             import wandb  # noqa: F401
         except ImportError:
-            raise UserError("--logger wandb: the wandb package is not installed; pip install wandb, or use --logger csv") from None
+            raise UserError("the wandb package is not installed; pip install wandb, or log to csv only",
+                            about="logger") from None
         mode = wandb_mode(mode)
         os.environ.setdefault("WANDB_SILENT", "true")
         loggers.append(
@@ -88,12 +89,11 @@ class _ContinuingWriter(ExperimentWriter):
             reader = csv.DictReader(f)
             header = list(reader.fieldnames or [])
             rows = [r for r in reader if self._keep(r)]
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=header)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(path, lambda f: f.write(text.getvalue().encode("utf-8")))
         self.metrics_keys = sorted(header)
 
     def _keep(self, row: dict) -> bool:
@@ -131,27 +131,19 @@ def find_wandb_logger(trainer: pl.Trainer) -> WandbLogger | None:
     return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
 
 
-class SampleTable(pl.Callback):
-    """After each validation epoch, sample a few names and log them as a W&B table (rank 0)."""
+def finish_wandb(logger: WandbLogger | None, exit_code: int = 0) -> list[Path]:
+    """Finish the W&B run of ``logger``. Returns the directories of an offline run (one per
+    process that wrote to it, in order: a resumed run has several), empty when online."""
+    if logger is None:
+        return []
+    import wandb  # here, not at the top: importing wandb costs a second that csv-only runs need not pay
 
-    def __init__(self, n: int = 10, seed: int = 0):
-        self.n, self.seed = n, seed
-        self.rows: list[list] = []
-
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
-        logger = find_wandb_logger(trainer)
-        if trainer.sanity_checking or logger is None or not trainer.is_global_zero:
-            return
-        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-        ids, _ = sample_ids(
-            pl_module.model,
-            self.n,
-            max_len=pl_module.config.block_size,
-            generator=generator,
-            device=pl_module.device,
-        )
-        chars = pl_module.vocab_chars
-        names = ["".join(chars[i - 2] for i in row) for row in ids]
-        self.rows.extend([trainer.current_epoch, name] for name in names)
-        # W&B tables are immutable once logged: log the table so far, one row per name.
-        logger.log_table(key="samples", columns=["epoch", "name"], data=list(self.rows))
+    if wandb.run is None:
+        return []
+    experiment = logger.experiment
+    parts = []
+    if experiment.settings.mode in ("offline", "dryrun"):
+        run_dir = Path(experiment.dir).parent
+        parts = sorted(run_dir.parent.glob(f"offline-run-*-{experiment.id}")) or [run_dir]
+    wandb.finish(exit_code=exit_code)
+    return parts
