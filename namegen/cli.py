@@ -24,6 +24,7 @@ from namegen.checkpoint import resolve_checkpoint
 from namegen.config import SIZES
 from namegen.errors import DeviceUnavailable, Interrupted, UserError
 from namegen.evaluate import evaluate_checkpoint, format_evaluation
+from namegen.export import export_onnx
 from namegen.model import compile_model
 from namegen.notebook import START_NOTE, convert
 
@@ -424,6 +425,27 @@ def convert_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- export
+
+
+def add_export_arguments(p: Parser) -> None:
+    p.description = ("Export a checkpoint as a one-step ONNX graph (token, h -> logits, h_next) that onnxruntime "
+                     "runs without PyTorch; the vocabulary and start token go into its metadata. "
+                     "examples/onnx_sample.py samples names from it with onnxruntime and numpy alone.")
+    p.add_argument("--ckpt", required=True, help="checkpoint to export (namegen .ckpt or notebook .pth)")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--opset", type=positive_int, default=None, help="ONNX opset, 17 or more (default: 18)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+
+
+def export_command(args: argparse.Namespace) -> int:
+    info = export_onnx(resolve_checkpoint(args.ckpt), args.out, force=args.force, opset=args.opset)
+    print(f"wrote {info.path}: opset {info.opset}, {info.n_layer} layer(s) of {info.hidden}, vocabulary of "
+          f"{info.vocab_size} symbols, start token {info.start_token}")
+    print(f"sample with: python examples/onnx_sample.py {info.path}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- entry points
 
 COMMANDS = {
@@ -434,6 +456,8 @@ COMMANDS = {
     "compare": (add_compare_arguments, compare_command, "train and/or evaluate sizes, write a report", "compare.py"),
     "convert": (add_convert_arguments, convert_command, "convert a notebook .pth into a namegen checkpoint",
                 "python -m namegen convert"),
+    "export": (add_export_arguments, export_command, "export a checkpoint to ONNX (runs without PyTorch)",
+               "python -m namegen export"),
 }
 
 

@@ -27,8 +27,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import secrets
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +34,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from namegen.checkpoint import load_checkpoint
+from namegen import __version__
+from namegen.api import load_model
+from namegen.checkpoint import atomic_write
 from namegen.data import END, PAD
 from namegen.errors import UserError
 from namegen.model import GRULanguageModel
@@ -110,11 +110,8 @@ def export_onnx(ckpt: str | Path, out: str | Path, *, force: bool = False, opset
         if _same_file(out, ckpt):
             raise UserError(f"{out} is the checkpoint being exported; choose another file for the ONNX model")
         if not force:
-            raise UserError(f"{out} exists; ask to overwrite it, or choose another file")
-    try:
-        loaded = load_checkpoint(ckpt, "cpu")
-    except UserError as exc:  # its messages name sample.py's --ckpt flag; this function has none
-        raise UserError(str(exc).removeprefix("--ckpt: ")) from None
+            raise UserError(f"{out} exists", about="force")  # the caller says how to replace it
+    loaded = load_model(ckpt, "cpu")
     model = loaded.model.float().eval()
     proto = _export_step(model, opset)
 
@@ -131,7 +128,7 @@ def export_onnx(ckpt: str | Path, out: str | Path, *, force: bool = False, opset
         "vocab_size": model.vocab_size,
         "block_size": config.get("block_size", ""),
         "size": loaded.meta.get("size") or "",
-        "namegen_version": _namegen_version(),
+        "namegen_version": __version__,
         "source": ckpt.name,
     }
     for key, value in metadata.items():
@@ -145,7 +142,8 @@ def export_onnx(ckpt: str | Path, out: str | Path, *, force: bool = False, opset
     onnx.checker.check_model(proto, full_check=True)  # a failure here is a bug, not the user's: let it raise
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(out, proto.SerializeToString())
+    payload = proto.SerializeToString()
+    atomic_write(out, lambda f: f.write(payload))
     return ExportInfo(
         path=out, n_layer=model.n_layer, hidden=model.n_hidden, vocab_size=model.vocab_size,
         start_token=loaded.start_token, parameters=model.num_parameters(), opset=opset,
@@ -223,36 +221,3 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.samefile(b)
     except OSError:
         return False
-
-
-def _namegen_version() -> str:
-    import namegen
-
-    return getattr(namegen, "__version__", "unknown")
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``.<name>.<random>.tmp`` beside ``path``, fsync, then ``os.replace``.
-
-    A kill at any moment leaves the old file or the new one, never a partial one.
-    Private stop-gap until namegen has one shared atomic-write helper. The
-    temporary is opened with mode 0o666 (then the umask), so the result has the
-    usual permissions rather than ``mkstemp``'s 0o600.
-    """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # KeyboardInterrupt included: never leave the temporary behind
-        tmp.unlink(missing_ok=True)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable (not possible on every OS)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)

@@ -1,0 +1,65 @@
+"""namegen.cli: one command line, python -m namegen COMMAND; library errors become one line naming the flag."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cli_helpers import run
+from conftest import ROOT
+from namegen.checkpoint import build_meta, write_checkpoint
+from namegen.cli import COMMANDS, error_line
+from namegen.config import load_config
+from namegen.data import Vocab
+from namegen.errors import DeviceUnavailable, UserError
+from namegen.model import GRULanguageModel
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path):
+    torch.manual_seed(0)
+    config = load_config("small").replace(n_embd=8, n_hidden=16)
+    model = GRULanguageModel.from_config(config, vocab_size=28)
+    meta = build_meta(config, Vocab(list("abcdefghijklmnopqrstuvwxyz")), model.num_parameters(), size="tiny")
+    return write_checkpoint(tmp_path / "tiny.ckpt", meta, model.state_dict())
+
+
+@pytest.mark.slow
+def test_python_m_namegen_help_lists_every_command():
+    proc = subprocess.run([sys.executable, "-m", "namegen", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0
+    for command in ("train", "sample", "evaluate", "compare", "convert", "export"):
+        assert command in proc.stdout
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_each_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run(command, ["--help"])
+    assert exc.value.code == 0 and "usage: namegen " + command in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("exc, command, line", [
+    (UserError("x.txt does not exist", about="data"), "train", "error: --data: x.txt does not exist"),
+    (UserError("gone.txt is not there", about="train_data"), "sample", "error: --data: gone.txt is not there"),
+    (UserError("gone.txt is not there", about="train_data"), "evaluate", "error: --train-data: gone.txt is not there"),
+    (UserError("out.onnx exists", about="force"), "export", "error: out.onnx exists; pass --force to replace it"),
+    (UserError("max_len 3 must be at least min_len 5", about="max_len"), "sample",
+     "error: --max-len 3 must be at least --min-len 5"),
+    (DeviceUnavailable("no CUDA GPU", about="device"), "sample", "error: --device cuda: no CUDA GPU; use --device cpu"),
+    (UserError("plain message"), "train", "error: plain message"),
+])
+def test_library_errors_get_their_flag_here(exc, command, line):
+    assert error_line(exc, command, None) == line
+
+
+def test_export_through_the_command_line(tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "model.onnx"
+    assert run("export", ["--ckpt", tiny_ckpt, "--out", out]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out and out.stat().st_size > 0
+    assert run("export", ["--ckpt", tiny_ckpt, "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "exists; pass --force to replace it" in err
