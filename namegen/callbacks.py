@@ -9,7 +9,10 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+import wandb
 
 from namegen.checkpoint import atomic_torch_save
 from namegen.data import IGNORE, Vocab
@@ -114,6 +117,34 @@ class SampleTable(pl.Callback):
         self.rows.extend([trainer.current_epoch, name] for name in names)
         # W&B tables are immutable once logged: log the table so far, one row per name.
         logger.log_table(key="samples", columns=["epoch", "name"], data=list(self.rows))
+
+
+class ModelArtifact(pl.Callback):
+    """When training ends, the best checkpoint goes to the W&B run as a model artifact
+    (``model-<run id>``, aliases ``best`` and ``latest``), with its val/loss, size, parameter
+    count and the training data's sha256 as metadata. Offline runs stage it; ``wandb sync`` uploads it."""
+
+    def __init__(self, checkpoint: ModelCheckpoint):
+        self.checkpoint = checkpoint
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module) -> None:
+        logger = find_wandb_logger(trainer)
+        best, score = self.checkpoint.best_model_path, self.checkpoint.best_model_score
+        if logger is None or not trainer.is_global_zero or not best or score is None:
+            return
+        run = logger.experiment
+        metadata = {
+            "val/loss": float(score),
+            "size": pl_module.meta.get("size"),
+            "num_parameters": pl_module.model.num_parameters(),
+            "data_sha256": (pl_module.meta.get("data") or {}).get("sha256"),
+            "epoch": trainer.current_epoch,
+            "config": pl_module.config.to_dict(),
+        }
+        artifact = wandb.Artifact(f"model-{run.id}", type="model", metadata=metadata,
+                                  description="namegen best.ckpt: sample with `namegen sample --ckpt best.ckpt`")
+        artifact.add_file(best, name="best.ckpt")
+        run.log_artifact(artifact, aliases=["best", "latest"])
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -12,6 +13,8 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+import wandb
+
 from namegen.checkpoint import atomic_write
 from namegen.errors import UserError
 
@@ -19,54 +22,80 @@ WANDB_PROJECT = "namegen"
 
 
 def wandb_mode(flag: str | None) -> str:
-    """``online`` only when asked (flag or WANDB_MODE=online); otherwise ``offline``.
+    """The W&B mode a run uses: ``--wandb-mode`` if given, else ``WANDB_MODE``, else online when an
+    API key is configured (``wandb login``, ``WANDB_API_KEY``), offline when none is."""
+    mode = flag or os.environ.get("WANDB_MODE")
+    if mode in ("online", "offline"):
+        return mode
+    if mode in ("disabled", "dryrun"):
+        return "offline"
+    return "online" if wandb_logged_in() else "offline"
 
-    A missing W&B login must never block or crash training, so online is opt-in.
-    """
-    mode = flag or os.environ.get("WANDB_MODE", "offline")
-    return "online" if mode == "online" else "offline"
+
+def wandb_logged_in() -> bool:
+    """Whether W&B has an API key here (env, settings or netrc); nothing is sent anywhere."""
+    with _quiet_wandb():
+        return bool(wandb.login(prompt=False, verify=False))
 
 
-def build_loggers(
-    kind: str,
-    out_dir: Path,
-    run_name: str,
-    config: dict,
-    mode: str | None = None,
-    group: str = "sizes",
-    run_id: str | None = None,
-    resume_at: tuple[int, int] | None = None,
-) -> list[Logger]:
+def check_wandb_online(timeout: int = 15) -> None:
+    """Online mode needs a login that the server accepts: check it before anything is written."""
+    if not wandb_logged_in():
+        raise UserError("online needs a W&B login: run `wandb login` (or set WANDB_API_KEY), or use --wandb-mode "
+                        "offline and `wandb sync` later", about="wandb_mode")
+    try:
+        with _quiet_wandb():
+            wandb.login(prompt=False, verify=True, timeout=timeout)
+    except Exception as exc:  # AuthenticationError, a timeout, no network: W&B raises several kinds
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"W&B cannot be reached or refused the login ({first}); check the network and "
+                        "`wandb login`, or use --wandb-mode offline and `wandb sync` later", about="wandb_mode") from None
+
+
+@contextlib.contextmanager
+def _quiet_wandb():
+    """WANDB_SILENT for the duration: W&B's banners would otherwise interleave with namegen's lines."""
+    before = os.environ.get("WANDB_SILENT")
+    os.environ["WANDB_SILENT"] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("WANDB_SILENT", None)
+        else:
+            os.environ["WANDB_SILENT"] = before
+
+
+def build_loggers(kind: str, out_dir: Path, run_name: str, config: dict, mode: str = "offline", group: str = "sizes",
+                  run_id: str | None = None, resume_at: tuple[int, int] | None = None) -> list[Logger]:
     """The CSV history (always, beside the checkpoints) plus W&B when ``kind == "wandb"``.
 
-    ``run_id`` resumes that W&B run; ``resume_at`` (the checkpoint's epoch and
-    global step) continues ``metrics.csv`` instead of starting it afresh.
+    ``mode`` is ``wandb_mode``'s answer; ``run_id`` resumes that W&B run; ``resume_at`` (the
+    checkpoint's epoch and global step) continues ``metrics.csv`` instead of starting it afresh.
     """
     if kind == "none":
         return []
     loggers: list[Logger] = [HistoryCSVLogger(out_dir, resume_at=resume_at)]
     if kind == "wandb":
-        try:
-            import wandb  # noqa: F401
-        except ImportError:
-            raise UserError("the wandb package is not installed; pip install wandb, or log to csv only",
-                            about="logger") from None
-        mode = wandb_mode(mode)
         os.environ.setdefault("WANDB_SILENT", "true")
-        loggers.append(
-            WandbLogger(
-                project=WANDB_PROJECT,
-                name=run_name,
-                group=group,
-                job_type="train",
-                save_dir=str(out_dir),
-                offline=mode != "online",
-                config=config,
-                id=run_id,
-                resume="allow" if run_id else None,
-            )
-        )
+        loggers.append(WandbLogger(project=WANDB_PROJECT, name=run_name, group=group, job_type="train",
+                                   save_dir=str(out_dir), offline=mode != "online", config=config, id=run_id,
+                                   resume="allow" if run_id else None))
     return loggers
+
+
+def start_wandb(loggers: list[Logger]) -> None:
+    """Start the W&B run now (Lightning would start it lazily, mid-fit): a service that fails to
+    start becomes one line before any training."""
+    logger = next((lg for lg in loggers if isinstance(lg, WandbLogger)), None)
+    if logger is None:
+        return
+    try:
+        logger.experiment  # noqa: B018  (the property starts the run)
+    except Exception as exc:  # wandb.Error, a service that died, a timeout
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"W&B could not start its run ({first}); use --logger csv to train without it, "
+                        "or fix W&B and run again", about="logger") from None
 
 
 class _ContinuingWriter(ExperimentWriter):
@@ -134,11 +163,7 @@ def find_wandb_logger(trainer: pl.Trainer) -> WandbLogger | None:
 def finish_wandb(logger: WandbLogger | None, exit_code: int = 0) -> list[Path]:
     """Finish the W&B run of ``logger``. Returns the directories of an offline run (one per
     process that wrote to it, in order: a resumed run has several), empty when online."""
-    if logger is None:
-        return []
-    import wandb  # here, not at the top: importing wandb costs a second that csv-only runs need not pay
-
-    if wandb.run is None:
+    if logger is None or wandb.run is None:
         return []
     experiment = logger.experiment
     parts = []

@@ -10,6 +10,8 @@ builds them directly. Outputs, in ``<out>`` (default ``checkpoints/<size>``):
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,13 +24,16 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.utilities import rank_zero_only
 
 from namegen.api import check_device
-from namegen.callbacks import AtomicCheckpointIO, RunClock, SampleTable
+from namegen import runlock
+from namegen.callbacks import AtomicCheckpointIO, ModelArtifact, RunClock, SampleTable
 from namegen.checkpoint import read_training_checkpoint, remove_stale_temporaries
 from namegen.config import Config, load_config, run_name_of
 from namegen.data import DEFAULT_DATA, Vocab
 from namegen.datamodule import NamesDataModule
 from namegen.errors import Interrupted, UserError
-from namegen.loggers import build_loggers, find_wandb_logger, finish_wandb
+from namegen.loggers import (
+    build_loggers, check_wandb_online, find_wandb_logger, finish_wandb, start_wandb, wandb_mode,
+)
 from namegen.model import compile_model
 from namegen.module import NameGenModule
 
@@ -73,6 +78,8 @@ class RunPlan:
     vocab: Vocab | None = None  # fixed by the checkpoint when resuming
     resume_path: Path | None = None
     resume_ckpt: dict | None = field(default=None, repr=False)
+    wandb_mode: str | None = None  # online or offline; None without W&B
+    wandb_auto_offline: bool = False  # offline because no login was found (not because it was asked)
 
     @property
     def resume_epoch(self) -> int | None:
@@ -112,6 +119,7 @@ def plan_run(opts: TrainOptions) -> RunPlan:
     if opts.accelerator in ("gpu", "cuda"):
         check_device("cuda", about="accelerator")
     plan = _plan_resume(opts) if opts.resume is not None else _plan_fresh(opts)
+    runlock.check_free(plan.out_dir)  # before the next check, so the message names the live run
     existing = [p for p in (plan.out_dir / "best.ckpt", plan.out_dir / "last.ckpt") if p.exists()]
     in_place = plan.resume_path is not None and plan.out_dir.resolve() == plan.resume_path.parent.resolve()
     if existing and not opts.overwrite and not in_place:
@@ -120,6 +128,11 @@ def plan_run(opts: TrainOptions) -> RunPlan:
             f"replace it, or --out DIR to keep both",
             about="out",
         )
+    if opts.logger == "wandb":
+        plan.wandb_mode = wandb_mode(opts.wandb_mode)
+        plan.wandb_auto_offline = plan.wandb_mode == "offline" and not (opts.wandb_mode or os.environ.get("WANDB_MODE"))
+        if plan.wandb_mode == "online":
+            check_wandb_online()
     return plan
 
 
@@ -221,11 +234,11 @@ def build_trainer(plan: RunPlan, opts: TrainOptions, n_params: int) -> tuple[pl.
     saved = (plan.resume_ckpt or {}).get("namegen", {})
     resume_at = None if plan.resume_ckpt is None else (plan.resume_epoch, int(plan.resume_ckpt["global_step"]))
     loggers = build_loggers(opts.logger, plan.out_dir, plan.run_name, {**plan.config.to_dict(), "num_parameters": n_params},
-                            mode=opts.wandb_mode, group=opts.wandb_group, run_id=saved.get("wandb_run_id"),
-                            resume_at=resume_at)
+                            mode=plan.wandb_mode or "offline", group=opts.wandb_group,
+                            run_id=saved.get("wandb_run_id"), resume_at=resume_at)
     checkpoint = ModelCheckpoint(dirpath=plan.out_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
                                  save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
-    callbacks: list[pl.Callback] = [checkpoint, SampleTable(), RunClock()]
+    callbacks: list[pl.Callback] = [checkpoint, SampleTable(), RunClock(), ModelArtifact(checkpoint)]
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if plan.config.early_stopping_patience:
@@ -260,8 +273,26 @@ def train(opts: TrainOptions) -> TrainResult:
     pl.seed_everything(plan.config.seed, workers=True, verbose=False)
     datamodule = build_data(plan, opts)
     module = build_module(plan, datamodule, opts)
+    if not rank_zero_only.rank == 0:  # DDP's other processes: rank 0 holds the run directory
+        return _fit(plan, opts, datamodule, module)
+    created = not plan.out_dir.exists()
+    lock = runlock.acquire(plan.out_dir)
+    try:
+        return _fit(plan, opts, datamodule, module, undo=(plan.out_dir if created else None))
+    finally:
+        lock.release()
+
+
+def _fit(plan: RunPlan, opts: TrainOptions, datamodule: NamesDataModule, module: NameGenModule,
+         undo: Path | None = None) -> TrainResult:
     n_params = module.model.num_parameters()
     trainer, checkpoint = build_trainer(plan, opts, n_params)
+    try:
+        start_wandb(trainer.loggers)
+    except UserError:
+        if undo is not None:  # the run directory was made for this run: leave nothing behind
+            shutil.rmtree(undo, ignore_errors=True)
+        raise
     announce(plan, datamodule, trainer, n_params)
     start = time.perf_counter()
     try:
@@ -308,6 +339,9 @@ def announce(plan: RunPlan, datamodule: NamesDataModule, trainer: pl.Trainer, n_
     say(f"namegen: training {plan.run_name} on {plan.data_path} ({len(datamodule.train_names):,} train / "
         f"{len(datamodule.val_names):,} validation names, vocabulary of {len(datamodule.vocab)} tokens)")
     say("config: " + json.dumps(plan.config.to_dict()))
+    if plan.wandb_auto_offline:
+        say("W&B: no login found, so the run is logged offline (the end of the run prints its `wandb sync` "
+            "command); `wandb login` gives a live dashboard")
     say(f"trainable parameters: {n_params:,}")
 
 

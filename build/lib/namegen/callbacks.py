@@ -1,0 +1,133 @@
+"""What the Trainer is handed besides the module: callbacks (run clock, sample table) and the
+checkpoint-IO plugin that writes checkpoints atomically."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from namegen.checkpoint import atomic_torch_save
+from namegen.data import IGNORE, Vocab
+from namegen.loggers import find_wandb_logger
+from namegen.sampling import sample_ids
+
+
+class RunClock(pl.Callback):
+    """Wall time and training throughput, logged once per epoch (so ``metrics.csv`` has them).
+
+    Logged keys, all cumulative over the run (resumed runs continue the count,
+    because the state is saved in the checkpoint):
+
+    - ``time/wall_s``: seconds of training epochs, validation included (the
+      sanity check before the first epoch is not counted);
+    - ``time/train_s``: the same without the validation loops;
+    - ``time/train_tokens``: predicted characters (padding excluded) trained on,
+      summed over all processes;
+    - ``train/tokens_per_s``: this epoch's ``train_tokens / train_s``.
+    """
+
+    def __init__(self) -> None:
+        self.wall_s = 0.0
+        self.train_s = 0.0
+        self.train_tokens = 0
+        self._epoch_start: float | None = None
+        self._val_start: float | None = None
+        self._val_s = 0.0
+        self._epoch_tokens = 0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_start = time.perf_counter()
+        self._val_s = 0.0
+        self._epoch_tokens = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        _, y = batch
+        self._epoch_tokens += int((y != IGNORE).sum())
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._val_start = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if self._val_start is not None and self._epoch_start is not None:
+            self._val_s += time.perf_counter() - self._val_start
+        self._val_start = None
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self._epoch_start is None:
+            return
+        epoch_s = time.perf_counter() - self._epoch_start
+        train_s = max(epoch_s - self._val_s, 1e-9)
+        tokens = trainer.strategy.reduce(
+            torch.tensor(float(self._epoch_tokens), device=pl_module.device), reduce_op="sum"
+        )
+        tokens = int(tokens.item())
+        self.wall_s += epoch_s
+        self.train_s += train_s
+        self.train_tokens += tokens
+        self._epoch_start = None
+        pl_module.log_dict(
+            {
+                "time/wall_s": self.wall_s,
+                "time/train_s": self.train_s,
+                "time/train_tokens": float(self.train_tokens),
+                "train/tokens_per_s": tokens / train_s,
+            },
+            on_step=False,
+            on_epoch=True,
+        )
+
+    def state_dict(self) -> dict:
+        return {"wall_s": self.wall_s, "train_s": self.train_s, "train_tokens": self.train_tokens}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.wall_s = float(state_dict.get("wall_s", 0.0))
+        self.train_s = float(state_dict.get("train_s", 0.0))
+        self.train_tokens = int(state_dict.get("train_tokens", 0))
+
+
+class SampleTable(pl.Callback):
+    """After each validation epoch, sample a few names and log them as a W&B table (rank 0)."""
+
+    def __init__(self, n: int = 10, seed: int = 0):
+        self.n, self.seed = n, seed
+        self.rows: list[list] = []
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
+        logger = find_wandb_logger(trainer)
+        if trainer.sanity_checking or logger is None or not trainer.is_global_zero:
+            return
+        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        ids, _ = sample_ids(
+            pl_module.model,
+            self.n,
+            max_len=pl_module.config.block_size,
+            generator=generator,
+            device=pl_module.device,
+        )
+        vocab = Vocab(pl_module.vocab_chars)
+        names = [vocab.decode(row) for row in ids]
+        self.rows.extend([trainer.current_epoch, name] for name in names)
+        # W&B tables are immutable once logged: log the table so far, one row per name.
+        logger.log_table(key="samples", columns=["epoch", "name"], data=list(self.rows))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO``, but local files are written by ``atomic_torch_save``.
+
+    Lightning saves through ``fsspec``'s transaction, which writes under the *system*
+    temporary directory and then moves the file into place: across filesystems (a
+    tmpfs ``/tmp``) that move is a copy straight into ``best.ckpt``, and a kill during
+    it leaves a truncated checkpoint. Here a kill leaves the old file or the new one.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not take storage_options, got {storage_options!r}")
+        if not _is_local_file_protocol(path):  # s3://, gs://: fsspec's own transaction
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_torch_save(checkpoint, path)

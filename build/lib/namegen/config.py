@@ -1,0 +1,135 @@
+"""Model and training configuration: one YAML file per size in ``namegen/configs/``.
+
+A config carries every column of the notebook's table plus the parts of the
+training recipe that namegen adds (weight decay, learning-rate schedule,
+gradient clipping, early stopping). Loading validates it: an unknown key, a
+missing key or a value of the wrong type is an error, never silently ignored.
+
+``block_size`` keeps the notebook's name but has one documented meaning here:
+the longest name, in characters, that the model is sized for. It is the
+default ``--max-len`` when sampling, and training warns about (but keeps whole)
+any name longer than it. A GRU has no fixed context window, so nothing is ever
+truncated to fit it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from namegen.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+SIZES = ("small", "medium", "large")
+OPTIMIZERS = ("adam", "adamw")
+LR_SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class Config:
+    # architecture
+    n_layer: int  # stacked GRU layers
+    n_embd: int  # character embedding width
+    n_hidden: int  # GRU hidden-state width
+    dropout: float  # on each step's hidden state, inside the recurrence
+    layer_norm: bool  # LayerNorm before the output head (large)
+    # training recipe
+    max_epochs: int
+    lr: float
+    batch_size: int
+    block_size: int  # longest name (characters) the model is sized for; see module doc
+    optimizer: str  # adam | adamw
+    weight_decay: float
+    lr_schedule: str  # constant | cosine (annealed per step to lr * 0.1)
+    grad_clip: float  # gradient-norm clipping, 0 = off
+    early_stopping_patience: int  # epochs without val/loss improvement, 0 = off
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        positive = ("n_layer", "n_embd", "n_hidden", "max_epochs", "batch_size", "block_size")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise UserError(f"config: {name} must be a positive integer, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"config: dropout must be in [0, 1), got {self.dropout}")
+        if self.lr <= 0:
+            raise UserError(f"config: lr must be positive, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"config: optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UserError(
+                f"config: lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}"
+            )
+        if self.weight_decay < 0 or self.grad_clip < 0 or self.early_stopping_patience < 0:
+            raise UserError("config: weight_decay, grad_clip and early_stopping_patience must be >= 0")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **overrides) -> "Config":
+        """A copy with the given fields changed; ``None`` values are ignored."""
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    @classmethod
+    def from_dict(cls, raw: dict, source: str = "config") -> "Config":
+        if not isinstance(raw, dict):
+            raise UserError(f"{source}: expected a mapping of keys to values")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise UserError(f"{source}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(known)}")
+        missing = [
+            f.name for f in fields(cls)
+            if f.name not in raw and f.default is dataclasses.MISSING
+        ]
+        if missing:
+            raise UserError(f"{source}: missing key(s) {', '.join(missing)}")
+        values = {}
+        for name, value in raw.items():
+            expected = known[name].type
+            values[name] = _coerce(value, expected, f"{source}: {name}")
+        return cls(**values)
+
+
+def _coerce(value, expected: str, where: str):
+    """Check a YAML value against a field's annotated type (annotations are strings here)."""
+    if expected == "bool":
+        if isinstance(value, bool):
+            return value
+    elif expected == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif expected == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif expected == "str":
+        if isinstance(value, str):
+            return value
+    raise UserError(f"{where} must be of type {expected}, got {value!r}")
+
+
+def run_name_of(size_or_path: str) -> str:
+    """A run's name: the size (``small``), or the stem of a config file (``my.yaml`` -> ``my``)."""
+    return size_or_path if size_or_path in SIZES else Path(size_or_path).stem
+
+
+def load_config(size_or_path: str) -> Config:
+    """Load ``namegen/configs/<size>.yaml``, or a YAML file given by path."""
+    path = Path(size_or_path)
+    if size_or_path in SIZES:
+        path = CONFIG_DIR / f"{size_or_path}.yaml"
+    elif path.suffix not in (".yaml", ".yml"):
+        raise UserError(
+            f"unknown size {size_or_path!r}; choose one of {', '.join(SIZES)} or give a .yaml file", about="model"
+        )
+    if not path.is_file():
+        raise UserError(f"config file {path} not found", about="model")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0]
+        raise UserError(f"{path}: not valid YAML ({first})") from None
+    return Config.from_dict(raw or {}, source=str(path))

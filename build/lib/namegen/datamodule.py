@@ -1,0 +1,103 @@
+"""``NamesDataModule``: the names file as a LightningDataModule (vocabulary, 80/20 split, batches)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+from namegen.data import (
+    DEFAULT_DATA, IndexBatchSampler, NameBatches, Vocab, encode_names, read_names, sha256_of, split_names,
+)
+from namegen.errors import UserError
+
+
+class NamesDataModule(pl.LightningDataModule):
+    """names.txt -> vocabulary, 80/20 split and batches.
+
+    ``vocab`` can be given (a checkpoint's) to encode a file with a fixed
+    vocabulary; otherwise it is built from the file.
+    """
+
+    def __init__(
+        self,
+        data: str | os.PathLike = DEFAULT_DATA,
+        batch_size: int = 128,
+        seed: int = 42,
+        block_size: int | None = None,
+        group_by_length: bool = False,
+        vocab: Vocab | None = None,
+    ):
+        super().__init__()
+        self.path = Path(data)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.block_size = block_size
+        self.group_by_length = group_by_length
+        self.vocab = vocab
+        self.names: list[str] | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.names is not None:
+            return
+        names = read_names(self.path)
+        if self.vocab is None:
+            self.vocab = Vocab.from_names(names)
+        elif unknown := self.vocab.unknown_chars("".join(names)):
+            raise UserError(f"{self.path} has characters the model's vocabulary lacks: {''.join(unknown)!r}",
+                            about="data")
+        self._warn_long_names(names)
+        if len(names) < 2:
+            raise UserError(
+                f"{self.path} has only {len(names)} name; at least 2 are needed (80% train, 20% "
+                "validation), a few thousand for a useful model",
+                about="data",
+            )
+        self.names = names
+        self.train_names, self.val_names = split_names(names, self.seed)
+        self.train_set = NameBatches(*encode_names(self.train_names, self.vocab))
+        self.val_set = NameBatches(*encode_names(self.val_names, self.vocab))
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.strategy.root_device.type != "cpu":
+            device = trainer.strategy.root_device
+            self.train_set.to(device)
+            self.val_set.to(device)
+
+    def _warn_long_names(self, names: list[str]) -> None:
+        if self.block_size is None:
+            return
+        too_long = [n for n in names if len(n) > self.block_size]
+        if too_long:
+            warnings.warn(
+                f"{len(too_long)} of {len(names)} names in {self.path} are longer than block_size "
+                f"{self.block_size} (longest: {max(map(len, too_long))}); they are trained on whole, "
+                "nothing is truncated. Sampling stops at --max-len, which defaults to block_size.",
+                stacklevel=3,
+            )
+
+    def _loader(self, dataset: NameBatches, shuffle: bool) -> torch.utils.data.DataLoader:
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = IndexBatchSampler(
+            dataset.lengths,
+            self.batch_size,
+            shuffle=shuffle,
+            seed=self.seed,
+            group_by_length=self.group_by_length and shuffle,
+            rank=rank,
+            world_size=world,
+        )
+        return torch.utils.data.DataLoader(dataset, batch_size=None, sampler=sampler)
+
+    def train_dataloader(self):
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_set, shuffle=False)
+
+    @property
+    def sha256(self) -> str:
+        return sha256_of(self.path)

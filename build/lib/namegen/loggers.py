@@ -1,0 +1,149 @@
+"""Loggers: the CSV history beside the checkpoints, and Weights & Biases."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+from namegen.checkpoint import atomic_write
+from namegen.errors import UserError
+
+WANDB_PROJECT = "namegen"
+
+
+def wandb_mode(flag: str | None) -> str:
+    """``online`` only when asked (flag or WANDB_MODE=online); otherwise ``offline``.
+
+    A missing W&B login must never block or crash training, so online is opt-in.
+    """
+    mode = flag or os.environ.get("WANDB_MODE", "offline")
+    return "online" if mode == "online" else "offline"
+
+
+def build_loggers(
+    kind: str,
+    out_dir: Path,
+    run_name: str,
+    config: dict,
+    mode: str | None = None,
+    group: str = "sizes",
+    run_id: str | None = None,
+    resume_at: tuple[int, int] | None = None,
+) -> list[Logger]:
+    """The CSV history (always, beside the checkpoints) plus W&B when ``kind == "wandb"``.
+
+    ``run_id`` resumes that W&B run; ``resume_at`` (the checkpoint's epoch and
+    global step) continues ``metrics.csv`` instead of starting it afresh.
+    """
+    if kind == "none":
+        return []
+    loggers: list[Logger] = [HistoryCSVLogger(out_dir, resume_at=resume_at)]
+    if kind == "wandb":
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise UserError("the wandb package is not installed; pip install wandb, or log to csv only",
+                            about="logger") from None
+        mode = wandb_mode(mode)
+        os.environ.setdefault("WANDB_SILENT", "true")
+        loggers.append(
+            WandbLogger(
+                project=WANDB_PROJECT,
+                name=run_name,
+                group=group,
+                job_type="train",
+                save_dir=str(out_dir),
+                offline=mode != "online",
+                config=config,
+                id=run_id,
+                resume="allow" if run_id else None,
+            )
+        )
+    return loggers
+
+
+class _ContinuingWriter(ExperimentWriter):
+    """Lightning's CSV writer, but a resumed run continues ``metrics.csv`` rather than deleting it.
+
+    Rows the interrupted run logged after its checkpoint (epochs after
+    ``resume_at[0]``; rows without an epoch, such as learning rates, at steps
+    from ``resume_at[1]`` on) are dropped: that work is about to be redone.
+    """
+
+    def __init__(self, log_dir: str, resume_at: tuple[int, int] | None):
+        self._resume_at = resume_at
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        path = Path(self.metrics_file_path)
+        if self._resume_at is None or not path.is_file():
+            return super()._check_log_dir_exists()
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            rows = [r for r in reader if self._keep(r)]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(path, lambda f: f.write(text.getvalue().encode("utf-8")))
+        self.metrics_keys = sorted(header)
+
+    def _keep(self, row: dict) -> bool:
+        epoch, step = _number(row.get("epoch")), _number(row.get("step"))
+        if epoch is not None:
+            return epoch <= self._resume_at[0]
+        return step is not None and step < self._resume_at[1]
+
+
+def _number(text) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+class HistoryCSVLogger(CSVLogger):
+    """``<out>/metrics.csv``: every row written as it is logged (a kill loses nothing already
+    logged), and continued, not restarted, when training resumes."""
+
+    def __init__(self, out_dir: Path, resume_at: tuple[int, int] | None = None):
+        super().__init__(save_dir=out_dir, name="", version="", flush_logs_every_n_steps=1)
+        self._resume_at = resume_at
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ContinuingWriter(self.log_dir, self._resume_at)
+        return self._experiment
+
+
+def find_wandb_logger(trainer: pl.Trainer) -> WandbLogger | None:
+    return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+
+
+def finish_wandb(logger: WandbLogger | None, exit_code: int = 0) -> list[Path]:
+    """Finish the W&B run of ``logger``. Returns the directories of an offline run (one per
+    process that wrote to it, in order: a resumed run has several), empty when online."""
+    if logger is None:
+        return []
+    import wandb  # here, not at the top: importing wandb costs a second that csv-only runs need not pay
+
+    if wandb.run is None:
+        return []
+    experiment = logger.experiment
+    parts = []
+    if experiment.settings.mode in ("offline", "dryrun"):
+        run_dir = Path(experiment.dir).parent
+        parts = sorted(run_dir.parent.glob(f"offline-run-*-{experiment.id}")) or [run_dir]
+    wandb.finish(exit_code=exit_code)
+    return parts

@@ -1,0 +1,127 @@
+"""The LightningModule: loss, metrics, optimizer and what a checkpoint carries."""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from torchmetrics import MeanMetric
+
+from namegen.checkpoint import build_meta
+from namegen.config import Config
+from namegen.data import IGNORE, Vocab
+from namegen.model import GRULanguageModel, char_nll
+
+
+class NameGenModule(pl.LightningModule):
+    """Trains a ``GRULanguageModel`` on next-character prediction.
+
+    ``train/loss`` and ``val/loss`` are the mean negative log-likelihood per
+    predicted character (nats), weighted by characters across the whole epoch,
+    not a mean of batch means; ``val/ppl`` is ``exp(val/loss)``.
+
+    Every checkpoint carries ``"namegen"`` (``namegen.checkpoint.build_meta``: config,
+    vocabulary, the size's name, the training file's path and sha256), from which
+    a checkpoint rebuilds the model with nothing else at hand; ``meta`` gives the
+    size and data entries. The constructor's arguments are saved as plain-type
+    hyperparameters too, so Lightning's own ``NameGenModule.load_from_checkpoint(path)``
+    rebuilds the module (``weights_only=True`` loading holds).
+    """
+
+    def __init__(self, config: Config | dict, vocab_chars: list[str], meta: dict | None = None):
+        super().__init__()
+        self.config = config if isinstance(config, Config) else Config.from_dict(config)
+        self.vocab_chars = list(vocab_chars)
+        self.meta = dict(meta or {})
+        self.save_hyperparameters(
+            {"config": self.config.to_dict(), "vocab_chars": self.vocab_chars, "meta": self.meta}, logger=False
+        )
+        self.model = GRULanguageModel.from_config(self.config, vocab_size=len(self.vocab_chars) + 2)
+        self.train_nll = MeanMetric()
+        self.val_nll = MeanMetric()
+
+    def forward(self, idx: torch.Tensor, h: torch.Tensor | None = None):
+        return self.model(idx, h)
+
+    def _token_nll(self, batch) -> torch.Tensor:
+        """Per-character NLL of the real (non-padding) targets, flattened: (n_chars,)."""
+        x, y = batch  # (B, T), (B, T)
+        logits, _ = self.model(x)  # (B, T, V)
+        return char_nll(logits, y, IGNORE)[y != IGNORE]
+
+    def training_step(self, batch, batch_idx):
+        nll = self._token_nll(batch)
+        loss = nll.mean()
+        self.train_nll.update(loss.detach(), weight=nll.numel())
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        # compute() is already synced across processes; sync_dist=True (a mean of equal values) only
+        # tells Lightning so, instead of its "use sync_dist=True" warning under DDP.
+        self.log("train/loss", self.train_nll.compute(), on_epoch=True, sync_dist=True)
+        self.train_nll.reset()
+
+    def validation_step(self, batch, batch_idx):
+        self.val_nll.update(self._token_nll(batch))
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_nll.compute()  # synced across processes by torchmetrics
+        self.val_nll.reset()
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("val/ppl", torch.exp(loss), sync_dist=True)
+
+    def configure_optimizers(self):
+        cfg = self.config
+        # Weight decay on matrices only; biases, embeddings' rows and norms are left alone.
+        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
+        no_decay = [p for n, p in self.model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
+        groups = [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        optimizer = opt_cls(groups, lr=cfg.lr)
+        if cfg.lr_schedule == "constant":
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+
+        def cosine(step: int) -> float:  # lr -> lr * 0.1 over the run
+            progress = min(step / total, 1.0)
+            return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        meta = build_meta(self.config, Vocab(self.vocab_chars), self.model.num_parameters(), **self.meta)
+        run_id = _wandb_run_id(self._trainer)
+        if run_id:
+            meta["wandb_run_id"] = run_id  # --resume continues this W&B run
+        checkpoint["namegen"] = meta
+        # Random state, as tensors (weights_only-safe), so a resumed run's dropout continues the stream.
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint["namegen_rng"] = rng
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rng = checkpoint.get("namegen_rng")
+        if not isinstance(rng, dict):
+            return
+        if isinstance(rng.get("torch"), torch.Tensor):
+            torch.set_rng_state(rng["torch"])
+        cuda = rng.get("cuda")
+        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def _wandb_run_id(trainer) -> str | None:
+    if trainer is None:
+        return None
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger.version:
+            return str(logger.version)
+    return None

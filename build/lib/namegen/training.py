@@ -1,0 +1,339 @@
+"""One training run, as typed steps: plan the run, build the Trainer, fit, report.
+
+    result = train(TrainOptions(model="small"))
+
+``train.py`` (``namegen train``) turns flags into ``TrainOptions``; ``compare``
+builds them directly. Outputs, in ``<out>`` (default ``checkpoints/<size>``):
+``best.ckpt``, ``last.ckpt``, ``metrics.csv`` and the W&B run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
+
+from namegen.api import check_device
+from namegen.callbacks import AtomicCheckpointIO, RunClock, SampleTable
+from namegen.checkpoint import read_training_checkpoint, remove_stale_temporaries
+from namegen.config import Config, load_config, run_name_of
+from namegen.data import DEFAULT_DATA, Vocab
+from namegen.datamodule import NamesDataModule
+from namegen.errors import Interrupted, UserError
+from namegen.loggers import build_loggers, find_wandb_logger, finish_wandb
+from namegen.model import compile_model
+from namegen.module import NameGenModule
+
+
+@dataclass
+class TrainOptions:
+    """What a user asks of a run. ``None`` means: the config's value (or the default)."""
+
+    model: str | None = None  # a size (small, medium, large) or a config .yaml; default small
+    data: Path | None = None  # names file; default: the packaged names.txt
+    out: Path | None = None  # run directory; default checkpoints/<size>
+    max_epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int | None = None
+    overwrite: bool = False  # replace an earlier run's checkpoints in out
+    resume: str | None = None  # "last" (out/last.ckpt) or a checkpoint path
+    group_by_length: bool = False
+    compile: bool = False
+    # passed to the Lightning Trainer
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str | None = None
+    limit_train_batches: int | float | None = None
+    limit_val_batches: int | float | None = None
+    # monitoring
+    logger: str = "wandb"  # wandb (+ metrics.csv), csv or none
+    wandb_mode: str | None = None
+    wandb_group: str = "sizes"
+
+
+@dataclass
+class RunPlan:
+    """What a run will do, decided before anything is written."""
+
+    config: Config
+    run_name: str
+    out_dir: Path
+    data_path: Path
+    vocab: Vocab | None = None  # fixed by the checkpoint when resuming
+    resume_path: Path | None = None
+    resume_ckpt: dict | None = field(default=None, repr=False)
+
+    @property
+    def resume_epoch(self) -> int | None:
+        """The last epoch the resumed checkpoint finished (0-based)."""
+        return None if self.resume_ckpt is None else int(self.resume_ckpt["epoch"])
+
+
+@dataclass
+class TrainResult:
+    best_score: float | None  # best val/loss; None when nothing was validated
+    best_path: Path | None
+    out_dir: Path
+    epochs: int
+    elapsed_s: float
+    wandb_sync: str | None = None  # how to upload an offline W&B run
+
+
+@rank_zero_only
+def say(*args, **kwargs) -> None:
+    print(*args, **kwargs, flush=True)
+
+
+def display(path) -> str:
+    """A path as short as it can be said from the current directory."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+def plan_run(opts: TrainOptions) -> RunPlan:
+    """Config, run directory and data file; the checkpoint to resume from; refuses to overwrite."""
+    if opts.accelerator in ("gpu", "cuda"):
+        check_device("cuda", about="accelerator")
+    plan = _plan_resume(opts) if opts.resume is not None else _plan_fresh(opts)
+    existing = [p for p in (plan.out_dir / "best.ckpt", plan.out_dir / "last.ckpt") if p.exists()]
+    in_place = plan.resume_path is not None and plan.out_dir.resolve() == plan.resume_path.parent.resolve()
+    if existing and not opts.overwrite and not in_place:
+        raise UserError(
+            f"{existing[0]} exists from an earlier run; pass --resume to continue it, --overwrite to "
+            f"replace it, or --out DIR to keep both",
+            about="out",
+        )
+    return plan
+
+
+def _plan_fresh(opts: TrainOptions) -> RunPlan:
+    model = opts.model or "small"
+    config = load_config(model).replace(
+        max_epochs=opts.max_epochs, batch_size=opts.batch_size, lr=opts.lr, seed=opts.seed
+    )
+    name = run_name_of(model)
+    out_dir = Path(opts.out) if opts.out else Path("checkpoints") / name
+    return RunPlan(config, name, out_dir, Path(opts.data) if opts.data else DEFAULT_DATA)
+
+
+def _plan_resume(opts: TrainOptions) -> RunPlan:
+    path, out_dir = _resume_source(opts)
+    ckpt = read_training_checkpoint(path)
+    saved = ckpt["namegen"]
+    saved_config = Config.from_dict(saved["config"], source=f"{path}: config")
+    _check_unchanged("--batch-size", opts.batch_size, saved_config.batch_size)
+    _check_unchanged("--lr", opts.lr, saved_config.lr)
+    _check_unchanged("--seed", opts.seed, saved_config.seed)
+    name = str(saved.get("size") or "resumed")
+    if opts.model is not None and run_name_of(opts.model) != name:
+        raise UserError(f"--model {opts.model}: {path} was trained as {name}; drop --model when resuming")
+    config = saved_config.replace(max_epochs=opts.max_epochs)
+    finished = int(ckpt["epoch"]) + 1
+    if finished >= config.max_epochs:
+        raise UserError(
+            f"{path} already finished {finished} of {config.max_epochs} epochs; "
+            f"pass --max-epochs N (more than {finished}) to train longer",
+            about="resume",
+        )
+    data_path = Path(opts.data) if opts.data else Path((saved.get("data") or {}).get("path") or DEFAULT_DATA)
+    return RunPlan(config, name, out_dir, data_path, Vocab(saved["vocab"]), path, ckpt)
+
+
+def _resume_source(opts: TrainOptions) -> tuple[Path, Path]:
+    """(checkpoint to resume, the run directory it implies)."""
+    if opts.resume != "last":
+        path = Path(opts.resume)
+        if not path.exists():
+            raise UserError(f"{path} not found; give the last.ckpt of the run to continue", about="resume")
+        return path, (Path(opts.out) if opts.out else path.parent)
+    out_dir = Path(opts.out) if opts.out else Path("checkpoints") / run_name_of(opts.model or "small")
+    path = out_dir / "last.ckpt"
+    if not path.exists():
+        raise UserError(
+            f"{path} not found, so there is nothing to resume; pass --resume PATH/last.ckpt "
+            f"(or --out DIR) for a run elsewhere, or train without --resume",
+            about="resume",
+        )
+    return path, out_dir
+
+
+def _check_unchanged(flag: str, given, saved) -> None:
+    if given is not None and given != saved:
+        raise UserError(
+            f"{flag} {given}: the run being resumed used {saved}, and it cannot change mid-run; "
+            f"drop {flag}, or start a new run with --out DIR"
+        )
+
+
+# ----------------------------------------------------------------------------- build
+
+
+def build_data(plan: RunPlan, opts: TrainOptions) -> NamesDataModule:
+    """The data module, set up (so a bad file fails before the Trainer starts)."""
+    datamodule = NamesDataModule(plan.data_path, batch_size=plan.config.batch_size, seed=plan.config.seed,
+                                 block_size=plan.config.block_size, group_by_length=opts.group_by_length,
+                                 vocab=plan.vocab)
+    datamodule.setup("fit")
+    saved_sha = ((plan.resume_ckpt or {}).get("namegen", {}).get("data") or {}).get("sha256")
+    if saved_sha and saved_sha != datamodule.sha256:
+        raise UserError(
+            f"{plan.data_path} is not the file the run being resumed was trained on (its sha256 "
+            f"differs); pass that file with --data, or start a new run with --out DIR",
+            about="data",
+        )
+    return datamodule
+
+
+def build_module(plan: RunPlan, datamodule: NamesDataModule, opts: TrainOptions) -> NameGenModule:
+    if plan.resume_ckpt is not None:
+        kept = ("format", "config", "vocab", "num_parameters", "wandb_run_id")
+        meta = {k: v for k, v in plan.resume_ckpt["namegen"].items() if k not in kept}
+    else:
+        path = datamodule.path.resolve()
+        meta = {"size": plan.run_name,
+                "data": {"path": str(path), "sha256": datamodule.sha256, "n_names": len(datamodule.names)}}
+    module = NameGenModule(plan.config, datamodule.vocab.chars, meta=meta)
+    if opts.compile:
+        on_gpu = opts.accelerator in ("gpu", "cuda") or (opts.accelerator == "auto" and torch.cuda.is_available())
+        compile_model(module.model, "cuda" if on_gpu else "cpu")
+    return module
+
+
+def build_trainer(plan: RunPlan, opts: TrainOptions, n_params: int) -> tuple[pl.Trainer, ModelCheckpoint]:
+    """The Lightning Trainer with namegen's loggers, callbacks and atomic checkpoint writes."""
+    saved = (plan.resume_ckpt or {}).get("namegen", {})
+    resume_at = None if plan.resume_ckpt is None else (plan.resume_epoch, int(plan.resume_ckpt["global_step"]))
+    loggers = build_loggers(opts.logger, plan.out_dir, plan.run_name, {**plan.config.to_dict(), "num_parameters": n_params},
+                            mode=opts.wandb_mode, group=opts.wandb_group, run_id=saved.get("wandb_run_id"),
+                            resume_at=resume_at)
+    checkpoint = ModelCheckpoint(dirpath=plan.out_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
+                                 save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
+    callbacks: list[pl.Callback] = [checkpoint, SampleTable(), RunClock()]
+    if loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if plan.config.early_stopping_patience:
+        callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=plan.config.early_stopping_patience))
+    kwargs = dict(
+        accelerator=opts.accelerator, devices=opts.devices, strategy=opts.strategy, num_nodes=opts.num_nodes,
+        max_epochs=plan.config.max_epochs, gradient_clip_val=plan.config.grad_clip or None,
+        logger=loggers or False, callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],  # a kill mid-save never leaves a partial best/last.ckpt
+        use_distributed_sampler=False,  # the data module shards batches across ranks itself
+        log_every_n_steps=10, enable_model_summary=False,
+    )
+    for key in ("precision", "limit_train_batches", "limit_val_batches"):
+        if getattr(opts, key) is not None:
+            kwargs[key] = getattr(opts, key)
+    try:
+        return pl.Trainer(**kwargs), checkpoint
+    except (MisconfigurationException, ValueError, TypeError, ImportError, RuntimeError) as exc:
+        flags = (f"--accelerator {opts.accelerator} --devices {opts.devices} --strategy {opts.strategy} "
+                 f"--num-nodes {opts.num_nodes}" + (f" --precision {opts.precision}" if opts.precision else ""))
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{flags}: the Lightning Trainer refused this combination ({first[:300]})") from None
+
+
+# ----------------------------------------------------------------------------- fit and report
+
+
+def train(opts: TrainOptions) -> TrainResult:
+    """Plan, build, fit, report. Raises UserError for bad input (before anything is written)
+    and Interrupted after a Ctrl-C (the last checkpoint is kept)."""
+    plan = plan_run(opts)
+    pl.seed_everything(plan.config.seed, workers=True, verbose=False)
+    datamodule = build_data(plan, opts)
+    module = build_module(plan, datamodule, opts)
+    n_params = module.model.num_parameters()
+    trainer, checkpoint = build_trainer(plan, opts, n_params)
+    announce(plan, datamodule, trainer, n_params)
+    start = time.perf_counter()
+    try:
+        trainer.fit(module, datamodule=datamodule, weights_only=True,
+                    ckpt_path=str(plan.resume_path) if plan.resume_path is not None else None)
+    except SystemExit:
+        if trainer.interrupted:  # Ctrl-C: Lightning shut down gracefully and is exiting
+            raise _interrupted(plan, trainer) from None
+        raise
+    best = checkpoint.best_model_score
+    result = TrainResult(
+        best_score=None if best is None else best.item(),
+        best_path=Path(checkpoint.best_model_path) if best is not None else None,
+        out_dir=plan.out_dir, epochs=trainer.current_epoch, elapsed_s=time.perf_counter() - start,
+    )
+    if trainer.is_global_zero:
+        result.wandb_sync = sync_hint(finish_wandb(find_wandb_logger(trainer)))
+        report(result)
+    return result
+
+
+def sync_hint(parts: list[Path]) -> str | None:
+    """How to upload an offline W&B run, given its directories."""
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return f"W&B run saved offline; upload it with: wandb sync {display(parts[0])}"
+    run_id = parts[0].name.rsplit("-", 1)[-1]  # a resumed run: one directory per process, synced in order
+    return (f"W&B run {run_id} saved offline in {len(parts)} parts; upload it with: "
+            f"wandb sync {display(parts[0].parent)}/offline-run-*-{run_id}")
+
+
+def announce(plan: RunPlan, datamodule: NamesDataModule, trainer: pl.Trainer, n_params: int) -> None:
+    """Clear what a killed save left, then say what is about to run."""
+    if trainer.is_global_zero:
+        plan.out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in remove_stale_temporaries(plan.out_dir):
+            say(f"removed {display(stale)}, left by a save that was killed", file=sys.stderr)
+    if plan.resume_path is not None:
+        run_id = plan.resume_ckpt["namegen"].get("wandb_run_id")
+        say(f"namegen: resuming {plan.run_name} from {display(plan.resume_path)} after epoch "
+            f"{plan.resume_epoch + 1} of {plan.config.max_epochs}"
+            + (f" (W&B run {run_id})" if run_id and trainer.loggers else ""))
+    say(f"namegen: training {plan.run_name} on {plan.data_path} ({len(datamodule.train_names):,} train / "
+        f"{len(datamodule.val_names):,} validation names, vocabulary of {len(datamodule.vocab)} tokens)")
+    say("config: " + json.dumps(plan.config.to_dict()))
+    say(f"trainable parameters: {n_params:,}")
+
+
+def report(result: TrainResult) -> None:
+    say(f"finished in {result.elapsed_s:.1f}s after {result.epochs} epoch(s)")
+    if result.best_score is None:
+        say("no validation ran, so no best.ckpt was written", file=sys.stderr)
+    else:
+        best = display(result.best_path)
+        say(f"best val/loss {result.best_score:.4f} (perplexity {torch.tensor(result.best_score).exp().item():.3f}): "
+            f"{best}")
+        say(f"sample from it: python sample.py --ckpt {best}")
+    if result.wandb_sync:
+        say(result.wandb_sync)
+
+
+def _interrupted(plan: RunPlan, trainer: pl.Trainer) -> Interrupted:
+    """After Ctrl-C: close the W&B run; say which checkpoint is kept (the CLI says how to resume)."""
+    if not trainer.is_global_zero:
+        return Interrupted(quiet=True)
+    finish_wandb(find_wandb_logger(trainer), exit_code=130)
+    last = plan.out_dir / "last.ckpt"
+    if not last.exists():
+        return Interrupted(None)
+    try:
+        epoch = int(read_training_checkpoint(last)["epoch"]) + 1
+    except UserError:
+        epoch = None
+    return Interrupted(last, epoch, shown=display(last))
