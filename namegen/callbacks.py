@@ -119,6 +119,27 @@ class SampleTable(pl.Callback):
         logger.log_table(key="samples", columns=["epoch", "name"], data=list(self.rows))
 
 
+class EpochLine(pl.Callback):
+    """One line per epoch, for logs that are not a terminal (where a progress bar would redraw
+    hundreds of times): epoch, val/loss, the best so far and the epoch's time."""
+
+    def __init__(self) -> None:
+        self._start = 0.0
+        self._best = float("inf")
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:  # after every epoch-end hook has logged
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        line = f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: "
+        if (val := trainer.callback_metrics.get("val/loss")) is not None:
+            self._best = min(self._best, float(val))
+            line += f"val/loss {float(val):.4f} (best {self._best:.4f}), "
+        print(line + f"{time.perf_counter() - self._start:.1f}s", flush=True)
+
+
 class ModelArtifact(pl.Callback):
     """When training ends, the best checkpoint goes to the W&B run as a model artifact
     (``model-<run id>``, aliases ``best`` and ``latest``), with its val/loss, size, parameter

@@ -89,6 +89,7 @@ def devices(text: str):
 FLAGS = {
     "data": "--data", "ckpt": "--ckpt", "resume": "--resume", "model": "--model", "out": "--out",
     "logger": "--logger", "labels": "--labels", "update_readme": "--update-readme", "train": "--train",
+    "wandb_mode": "--wandb-mode",
 }
 COMMAND_FLAGS = {"sample": {"train_data": "--data"}, "evaluate": {"train_data": "--train-data"}}
 #: argument names of the Python API that sample.py spells as flags

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -39,6 +38,7 @@ class NamesDataModule(pl.LightningDataModule):
         self.group_by_length = group_by_length
         self.vocab = vocab
         self.names: list[str] | None = None
+        self.long_names: list[str] = []
 
     def setup(self, stage: str | None = None) -> None:
         if self.names is not None:
@@ -49,7 +49,7 @@ class NamesDataModule(pl.LightningDataModule):
         elif unknown := self.vocab.unknown_chars("".join(names)):
             raise UserError(f"{self.path} has characters the model's vocabulary lacks: {''.join(unknown)!r}",
                             about="data")
-        self._warn_long_names(names)
+        self.long_names = [n for n in names if self.block_size is not None and len(n) > self.block_size]
         if len(names) < 2:
             raise UserError(
                 f"{self.path} has only {len(names)} name; at least 2 are needed (80% train, 20% "
@@ -66,17 +66,13 @@ class NamesDataModule(pl.LightningDataModule):
             self.train_set.to(device)
             self.val_set.to(device)
 
-    def _warn_long_names(self, names: list[str]) -> None:
-        if self.block_size is None:
-            return
-        too_long = [n for n in names if len(n) > self.block_size]
-        if too_long:
-            warnings.warn(
-                f"{len(too_long)} of {len(names)} names in {self.path} are longer than block_size "
-                f"{self.block_size} (longest: {max(map(len, too_long))}); they are trained on whole, "
-                "nothing is truncated. Sampling stops at --max-len, which defaults to block_size.",
-                stacklevel=3,
-            )
+    def long_names_note(self) -> str | None:
+        """One line about names longer than ``block_size`` (trained whole, never truncated), or None."""
+        if not self.long_names:
+            return None
+        return (f"note: {len(self.long_names)} of {len(self.names)} names in {self.path} are longer than block_size "
+                f"{self.block_size} (longest: {max(map(len, self.long_names))}); they are trained on whole, nothing "
+                "is truncated. Sampling stops at --max-len, which defaults to block_size")
 
     def _loader(self, dataset: NameBatches, shuffle: bool) -> torch.utils.data.DataLoader:
         trainer = getattr(self, "trainer", None)

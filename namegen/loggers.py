@@ -39,17 +39,18 @@ def wandb_logged_in() -> bool:
 
 
 def check_wandb_online(timeout: int = 15) -> None:
-    """Online mode needs a login that the server accepts: check it before anything is written."""
-    if not wandb_logged_in():
-        raise UserError("online needs a W&B login: run `wandb login` (or set WANDB_API_KEY), or use --wandb-mode "
-                        "offline and `wandb sync` later", about="wandb_mode")
+    """Online mode needs a login that the server accepts: check it before anything is written.
+    (One verifying call: W&B skips the check when an earlier call in the process found a key.)"""
     try:
         with _quiet_wandb():
-            wandb.login(prompt=False, verify=True, timeout=timeout)
+            verified = wandb.login(prompt=False, verify=True, timeout=timeout)
     except Exception as exc:  # AuthenticationError, a timeout, no network: W&B raises several kinds
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise UserError(f"W&B cannot be reached or refused the login ({first}); check the network and "
                         "`wandb login`, or use --wandb-mode offline and `wandb sync` later", about="wandb_mode") from None
+    if not verified:
+        raise UserError("online needs a W&B login: run `wandb login` (or set WANDB_API_KEY), or use --wandb-mode "
+                        "offline and `wandb sync` later", about="wandb_mode")
 
 
 @contextlib.contextmanager
@@ -79,7 +80,7 @@ def build_loggers(kind: str, out_dir: Path, run_name: str, config: dict, mode: s
     if kind == "wandb":
         os.environ.setdefault("WANDB_SILENT", "true")
         loggers.append(WandbLogger(project=WANDB_PROJECT, name=run_name, group=group, job_type="train",
-                                   save_dir=str(out_dir), offline=mode != "online", config=config, id=run_id,
+                                   save_dir=str(out_dir), offline=mode != "online", mode=mode, config=config, id=run_id,
                                    resume="allow" if run_id else None))
     return loggers
 
@@ -113,7 +114,10 @@ class _ContinuingWriter(ExperimentWriter):
     def _check_log_dir_exists(self) -> None:
         path = Path(self.metrics_file_path)
         if self._resume_at is None or not path.is_file():
-            return super()._check_log_dir_exists()
+            # A new run: training already refused to replace an earlier run unless --overwrite was
+            # given, so an old metrics.csv goes without Lightning's "will be deleted" warning.
+            path.unlink(missing_ok=True)
+            return
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
             header = list(reader.fieldnames or [])

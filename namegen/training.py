@@ -10,10 +10,12 @@ builds them directly. Outputs, in ``<out>`` (default ``checkpoints/<size>``):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from namegen.api import check_device
 from namegen import runlock
-from namegen.callbacks import AtomicCheckpointIO, ModelArtifact, RunClock, SampleTable
+from namegen.callbacks import AtomicCheckpointIO, EpochLine, ModelArtifact, RunClock, SampleTable
 from namegen.checkpoint import read_training_checkpoint, remove_stale_temporaries
 from namegen.config import Config, load_config, run_name_of
 from namegen.data import DEFAULT_DATA, Vocab
@@ -97,6 +99,15 @@ class TrainResult:
     wandb_sync: str | None = None  # how to upload an offline W&B run
 
 
+# Lightning's start-up chatter (accelerator lines, tips, "fit stopped") says nothing a namegen user needs,
+# and two of its warnings mislead here: run directories always hold metrics.csv and the W&B run beside
+# the checkpoints, and the LeafSpec deprecation is Lightning's own (with torch >= 2.9), not the user's.
+logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+warnings.filterwarnings("ignore", message=r".*does not have many workers")
+
+
 @rank_zero_only
 def say(*args, **kwargs) -> None:
     print(*args, **kwargs, flush=True)
@@ -131,6 +142,7 @@ def plan_run(opts: TrainOptions) -> RunPlan:
     if opts.logger == "wandb":
         plan.wandb_mode = wandb_mode(opts.wandb_mode)
         plan.wandb_auto_offline = plan.wandb_mode == "offline" and not (opts.wandb_mode or os.environ.get("WANDB_MODE"))
+        os.environ["WANDB_MODE"] = plan.wandb_mode  # W&B reads its mode from here, once per process
         if plan.wandb_mode == "online":
             check_wandb_online()
     return plan
@@ -239,6 +251,9 @@ def build_trainer(plan: RunPlan, opts: TrainOptions, n_params: int) -> tuple[pl.
     checkpoint = ModelCheckpoint(dirpath=plan.out_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
                                  save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
     callbacks: list[pl.Callback] = [checkpoint, SampleTable(), RunClock(), ModelArtifact(checkpoint)]
+    progress_bar = sys.stdout.isatty()  # a log file (CI, > file) gets one line per epoch, not bar redraws
+    if not progress_bar:
+        callbacks.append(EpochLine())
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if plan.config.early_stopping_patience:
@@ -249,7 +264,7 @@ def build_trainer(plan: RunPlan, opts: TrainOptions, n_params: int) -> tuple[pl.
         logger=loggers or False, callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],  # a kill mid-save never leaves a partial best/last.ckpt
         use_distributed_sampler=False,  # the data module shards batches across ranks itself
-        log_every_n_steps=10, enable_model_summary=False,
+        log_every_n_steps=10, enable_model_summary=False, enable_progress_bar=progress_bar,
     )
     for key in ("precision", "limit_train_batches", "limit_val_batches"):
         if getattr(opts, key) is not None:
@@ -339,6 +354,8 @@ def announce(plan: RunPlan, datamodule: NamesDataModule, trainer: pl.Trainer, n_
     say(f"namegen: training {plan.run_name} on {plan.data_path} ({len(datamodule.train_names):,} train / "
         f"{len(datamodule.val_names):,} validation names, vocabulary of {len(datamodule.vocab)} tokens)")
     say("config: " + json.dumps(plan.config.to_dict()))
+    if note := datamodule.long_names_note():
+        say(note)
     if plan.wandb_auto_offline:
         say("W&B: no login found, so the run is logged offline (the end of the run prints its `wandb sync` "
             "command); `wandb login` gives a live dashboard")

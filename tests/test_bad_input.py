@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 
 import pytest
 import torch
@@ -118,14 +119,14 @@ def test_names_longer_than_block_size_warn_and_train_whole(tmp_path, capsys):
     data = tmp_path / "long.txt"
     data.write_text("\n".join(["emma", "ava", long_name, "mia", "noah"] * 4) + "\n")
     out = tmp_path / "run"
-    with pytest.warns(UserWarning, match=r"4 of 20 names .* longer than block_size 12 \(longest: 30\).*nothing is truncated"):
-        assert run("train", [str(a) for a in ("--data", data, "--out", out, *TINY)]) == 0
-    capsys.readouterr()
+    assert run("train", [str(a) for a in ("--data", data, "--out", out, *TINY)]) == 0
+    note = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert len(note) == 1
+    assert re.search(r"4 of 20 names .* longer than block_size 12 \(longest: 30\).*nothing is truncated", note[0])
     from namegen.datamodule import NamesDataModule
 
     dm = NamesDataModule(data, batch_size=4, block_size=12)
-    with pytest.warns(UserWarning):
-        dm.setup("fit")
+    dm.setup("fit")
     split = dm.train_set if long_name in dm.train_names else dm.val_set
     assert split.x.shape[1] == len(long_name) + 1  # encoded whole, not cut to block_size
 
@@ -278,3 +279,64 @@ def test_bad_sample_flags(trained_ckpt, capsys, flags, needles):
 def test_top_k_equal_to_the_vocabulary_is_fine(trained_ckpt, capsys):
     code, out, err = call("sample", ["--ckpt", trained_ckpt, "--top-k", "27", "-n", "4", "--seed", "0"], capsys)
     assert code == 0 and len(out.splitlines()) == 4, err
+
+
+# ------------------------------------------------------------------------------ run directory and W&B
+
+
+def test_a_run_directory_in_use_is_refused_naming_the_process(names_file, saved_run, capsys):
+    """A live process holds --out: the second run stops in one line and touches nothing."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (saved_run / ".namegen.lock").write_text(
+            f'{{"pid": {holder.pid}, "host": "{__import__("socket").gethostname()}", "started": 0}}')
+        before = {p.name: p.read_bytes() for p in saved_run.iterdir()}
+        code, _, err = call("train", ["--data", names_file, "--out", saved_run, "--overwrite", *TINY], capsys)
+        assert_one_line_error(code, err, "--out:", str(saved_run), f"pid {holder.pid}", "still going")
+        assert {p.name: p.read_bytes() for p in saved_run.iterdir()} == before
+    finally:
+        (saved_run / ".namegen.lock").unlink()
+        holder.kill()
+        holder.wait()
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over(names_file, tmp_path, capsys):
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid now names no process
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".namegen.lock").write_text(f'{{"pid": {gone.pid}, "host": "{socket.gethostname()}", "started": 0}}')
+    assert run("train", ["--data", names_file, "--out", out, *TINY]) == 0
+    assert (out / "best.ckpt").is_file() and not (out / ".namegen.lock").exists()  # released at the end
+
+
+def test_wandb_online_without_a_login_stops_before_anything_is_written(names_file, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    out = tmp_path / "run"
+    argv = ["--data", names_file, "--out", out, *TINY[:-2], "--logger", "wandb", "--wandb-mode", "online"]
+    code, _, err = call("train", argv, capsys)
+    assert_one_line_error(code, err, "--wandb-mode:", "wandb login", "--wandb-mode offline")
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_wandb_online_with_no_network_stops_before_anything_is_written(names_file, tmp_path, monkeypatch):
+    """In a fresh process: W&B reads its login once per process."""
+    from conftest import run_cli
+
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    out = tmp_path / "run"
+    proc = run_cli("train.py", "--data", str(names_file), "--out", str(out), *TINY[:-2], "--logger", "wandb",
+                   "--wandb-mode", "online", cwd=tmp_path)
+    assert_one_line_error(proc.returncode, proc.stderr, "--wandb-mode:", "cannot be reached", "--wandb-mode offline")
+    assert not out.exists()

@@ -1,6 +1,7 @@
 """End to end: train.py writes best.ckpt and a W&B run; sample.py reads it in a fresh process."""
 
 import glob
+import hashlib
 import json
 import struct
 
@@ -16,12 +17,12 @@ pytestmark = pytest.mark.slow  # train.py and sample.py in fresh processes
 QUICK = ["--max-epochs", "1", "--limit-train-batches", "3", "--accelerator", "cpu"]
 
 
-def read_wandb_history(run_dir) -> list[dict]:
-    """History rows of an offline W&B run, read from its .wandb file (LevelDB-style log of protobufs)."""
+def read_wandb_records(run_dir) -> list:
+    """The records of an offline W&B run, read from its .wandb file (LevelDB-style log of protobufs)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     (path,) = glob.glob(f"{run_dir}/*.wandb")
-    raw, block, pos, buf, rows = open(path, "rb").read(), 32768, 7, b"", []
+    raw, block, pos, buf, records = open(path, "rb").read(), 32768, 7, b"", []
     while pos + 7 <= len(raw):
         if block - pos % block < 7:
             pos += block - pos % block
@@ -33,10 +34,15 @@ def read_wandb_history(run_dir) -> list[dict]:
         if kind in (1, 4):  # FULL or LAST: a whole record
             record = pb.Record()
             record.ParseFromString(buf)
-            if record.WhichOneof("record_type") == "history":
-                rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
+            records.append(record)
             buf = b""
-    return rows
+    return records
+
+
+def read_wandb_history(run_dir) -> list[dict]:
+    """History rows of an offline W&B run."""
+    return [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+            for r in read_wandb_records(run_dir) if r.WhichOneof("record_type") == "history"]
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +88,41 @@ def test_wandb_offline_run_logged_val_loss(trained):
     assert val[0] == pytest.approx(best, abs=1e-4)
     assert any("train/loss" in r for r in rows) and any(k.startswith("lr-") for r in rows for k in r)
     assert any(r.get("samples/_type") == "table-file" and r.get("samples/nrows") == 10 for r in rows)
+
+
+def test_best_checkpoint_is_a_wandb_model_artifact(trained):
+    """The offline run stages best.ckpt as a model artifact; `wandb sync` uploads it with the run."""
+    tmp, proc = trained
+    (run_dir,) = glob.glob(str(tmp / "checkpoints/small/wandb/offline-run-*"))
+    (artifact,) = [r.artifact for r in read_wandb_records(run_dir)
+                   if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "model"]
+    assert artifact.type == "model" and artifact.name == f"model-{run_dir.rsplit('-', 1)[-1]}"
+    assert set(artifact.aliases) >= {"best", "latest"}
+    meta = json.loads(artifact.metadata)
+    best = float(proc.stdout.split("best val/loss ")[1].split()[0])
+    assert meta["val/loss"] == pytest.approx(best, abs=1e-4) and meta["size"] == "small"
+    assert meta["num_parameters"] == 79_772
+    assert meta["data_sha256"] == hashlib.sha256((tmp / "names.txt").read_bytes()).hexdigest()
+    assert [e.path for e in artifact.manifest.contents] == ["best.ckpt"]
+
+
+def test_a_log_file_gets_one_line_per_epoch_and_no_warnings(trained):
+    """Not a terminal: no progress-bar redraws, no Lightning chatter, no warnings."""
+    _, proc = trained
+    assert "epoch 1/1: val/loss" in proc.stdout and "it/s" not in proc.stdout + proc.stderr
+    for noise in ("Warning", "GPU available", "litlogger", "will be deleted", "deprecated", "Trainer.fit"):
+        assert noise not in proc.stdout + proc.stderr, noise
+
+
+def test_lightning_load_from_checkpoint_rebuilds_the_module(trained):
+    from namegen.module import NameGenModule
+
+    tmp, _ = trained
+    path = tmp / "checkpoints/small/best.ckpt"
+    module = NameGenModule.load_from_checkpoint(path, weights_only=True)  # hyperparameters are plain types
+    assert module.config.n_hidden == 128 and module.model.num_parameters() == 79_772
+    saved = torch.load(path, weights_only=True)["state_dict"]
+    assert all(torch.equal(v, saved[k]) for k, v in module.state_dict().items())
 
 
 def test_sample_in_a_fresh_process(trained):
