@@ -44,7 +44,8 @@ class NameGenModule(pl.LightningModule):
     def _token_nll(self, batch) -> torch.Tensor:
         """Per-character NLL of the real (non-padding) targets, flattened: (n_chars,)."""
         x, y = batch  # (B, T), (B, T)
-        logits, _ = self.model(x)  # (B, T, V)
+        lengths = (y != IGNORE).sum(1)  # (B,): real positions per name; the padding after them takes no compute
+        logits, _ = self.model(x, lengths=lengths)  # (B, T, V)
         nll = F.cross_entropy(
             logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), ignore_index=IGNORE, reduction="none"
         )
