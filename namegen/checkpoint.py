@@ -108,6 +108,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     obj = read_checkpoint(path)
     if is_notebook_checkpoint(obj):
         model, vocab, meta, _ = from_notebook(obj, path)
+        _check_finite(model, path)
         model.to(device).eval()
         return LoadedModel(model=model, vocab=vocab, meta=meta, path=path)
     meta = obj.get("namegen")
@@ -132,5 +133,16 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
         raise UserError(
             f"--ckpt: {path}: its weights do not match its own config and vocabulary ({detail[:200]})"
         ) from None
+    _check_finite(model, path)
     model.to(device).eval()
     return LoadedModel(model=model, vocab=vocab, meta=meta, path=path)
+
+
+def _check_finite(model: torch.nn.Module, path: Path) -> None:
+    """Refuse weights holding inf or nan (a run that diverged): they could only sample garbage."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise UserError(
+                f"--ckpt: {path} holds non-finite weights ({name} has inf or nan), as a run that diverged "
+                "leaves them; use an earlier checkpoint of that run, or train again with a lower --lr"
+            )

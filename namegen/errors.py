@@ -7,3 +7,7 @@ with exit status 2, instead of a traceback.
 
 class UserError(Exception):
     """A problem with the user's input; the message says what and how to fix it."""
+
+
+class TrainingDiverged(UserError):
+    """The training loss (or the weights) turned inf/nan; raised before anything non-finite is saved."""
