@@ -194,7 +194,9 @@ class NameBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, rows) -> tuple[torch.Tensor, torch.Tensor]:
         rows = torch.as_tensor(rows, device=self.x.device)
-        T = int(self.lengths[rows].max())
+        # longest first: the model then skips padding without sorting (the loss does not depend on row order)
+        rows = rows[torch.argsort(self.lengths[rows], descending=True, stable=True)]
+        T = int(self.lengths[rows[0]])
         return self.x[rows, :T], self.y[rows, :T]
 
 

@@ -35,3 +35,7 @@ class Interrupted(Exception):
     def __init__(self, last=None, epoch: int | None = None, shown: str | None = None, quiet: bool = False):
         super().__init__("interrupted")
         self.last, self.epoch, self.shown, self.quiet = last, epoch, shown, quiet
+
+
+class TrainingDiverged(UserError):
+    """The training loss (or the weights) turned inf/nan; raised before anything non-finite is saved."""

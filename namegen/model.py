@@ -72,101 +72,216 @@ class GRUCell(nn.Module):
 # ------------------------------------------------------------------------------- one layer, all steps
 #
 # At these sizes on a CPU, recording every small op of every step for autograd costs
-# more than the math, so a whole layer (input projection + recurrence) is one autograd
+# more than the math, so a whole layer (recurrence over all steps) is one autograd
 # node with a hand-written backward, checked against autograd by gradcheck in float64
-# (tests/test_speed_paths.py). Tensors are time-major, (T, B, ...), so step t is a
-# contiguous slice. Per step the forward runs 2 matmuls and 4 elementwise ops, written
-# in place into one preallocated buffer; the backward runs 2 matmuls and 5 elementwise
-# ops, because every factor that depends only on the forward's activations is computed
-# for all steps at once before the backward loop; the weight gradients are single
-# matmuls over all T*B rows after it.
+# (tests/test_speed_paths.py). Per step the forward runs 2 matmuls and 4 elementwise
+# ops, written in place into one preallocated buffer; the backward runs 2 matmuls and
+# 5 elementwise ops, because every factor that depends only on the forward's
+# activations is computed for all steps at once before the backward loop; the weight
+# gradients are single matmuls over all rows after it.
+#
+# Layout: rows are time-major and packed as a PackedSequence's data. Step t owns the
+# next batch_sizes[t] rows, which are the first batch_sizes[t] names of the batch
+# (sorted longest first): the names still inside their name at step t. A name that has
+# ended takes no compute, in the recurrence, the weight gradients and the matmuls
+# around the layer. Without padding (every batch size B), N = T*B and the layout is
+# (T, B, ...) flattened: step t is a contiguous slice either way.
+#
+# Mixed precision. Under autocast (Lightning's bf16-mixed, 16-mixed) only the matmuls
+# run in autocast's dtype ``low``: the hidden weights are cast once per layer, each
+# step's state (and r * h) for its matmul, and the backward's per-step matmuls and
+# the weight gradients' likewise. Everything else stays in the parameters' dtype
+# (float32): the state h, the gate buffer the matmul products are added into, the
+# nonlinearities, the backward's chain-rule factors and gradient accumulators, and
+# the gradients returned to the optimizer's float32 weights. (torch has no CPU matmul
+# with low-precision inputs and a float32 result, so each product is rounded to
+# ``low`` once before it is added; it is accumulated in float32 inside the matmul.)
+# Gate inputs arriving in ``low`` (autocast's input projection) are upcast into the
+# float32 gate buffer. The casts add one elementwise op per matmul; on this CPU (AVX512-
+# BF16) the bf16 matmuls more than pay for them from n_hidden 256 up, and about break
+# even at 128. Around the layers (GRULanguageModel.forward): the input maps of layers
+# >= 1 and the head are autocast's F.linear (low-precision logits, which the loss
+# upcasts), LayerNorm runs in float32 under autocast, and layer 0's projected embedding
+# table (V rows) is float32.
 
 
-def _layer_forward(gates_in, h0, w_rz, w_h, mask):
-    """One layer over all steps. Returns out (T, B, H), gates (T, B, 3H) = [r | z | ñ], q (T, B, H).
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast runs matmuls in on this device, or None when autocast is off."""
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
 
-    gates_in: (T, B, 3H) every step's input terms [reset | update | candidate], gate biases
-    folded in (not modified); h0: (B, H); w_rz: (2H, H); w_h: (H, H); mask: (T, B, H) dropout
-    mask scaled by 1/(keep probability), or None. out[t] is the (dropped) state step t+1 sees.
+
+def _addmm_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, low: torch.dtype | None) -> torch.Tensor:
+    """acc += a @ b in place. With ``low``, the product runs in that dtype (b is already in it)."""
+    if low is None:
+        return acc.addmm_(a, b)
+    return acc.add_(torch.mm(a.to(low), b))
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor, low: torch.dtype | None) -> torch.Tensor:
+    """a @ b in a's dtype. With ``low``, the product runs in that dtype (b is already in it)."""
+    return torch.mm(a, b) if low is None else torch.mm(a.to(low), b).to(a.dtype)
+
+
+def _layer_forward(gates_in, h0, w_rz, w_h, mask, batch_sizes, low=None):
+    """One layer over all steps. Returns out (N, H), gates (N, 3H) = [r | z | ñ], q (N, H).
+
+    gates_in: (N, 3H) every step's input terms [reset | update | candidate], gate biases
+    folded in, packed (see above; not modified); h0: (B, H), the state dtype; w_rz: (2H, H),
+    w_h: (H, H), in ``low`` when given; mask: (N, H) dropout mask scaled by 1/(keep
+    probability), or None; batch_sizes[t]: rows of step t. out's rows are the (dropped)
+    states the next step sees; q (r * h_prev, W_h's input) is kept in the matmul dtype.
     """
-    T, B, _ = gates_in.shape
     H = h0.shape[-1]
-    gates = gates_in.clone()  # (T, B, 3H): each step adds its hidden terms here in place
-    out = gates_in.new_empty(T, B, H)
-    q_all = gates_in.new_empty(T, B, H)  # r * h_prev: the input of W_h, kept for its weight gradient
+    gates = gates_in.to(h0.dtype, copy=True)  # (N, 3H): each step adds its hidden terms here in place
+    out = gates.new_empty(gates.shape[0], H)
+    q_all = gates.new_empty(gates.shape[0], H, dtype=low or gates.dtype)  # r * h_prev, for W_h's weight gradient
     w_rz_t, w_h_t = w_rz.t(), w_h.t()
     # per-step views made once (no indexing in the loop)
-    steps = zip(gates[..., : 2 * H].unbind(0), gates[..., 2 * H :].unbind(0), q_all.unbind(0), out.unbind(0),
-                mask.unbind(0) if mask is not None else [None] * T)
+    masks = mask.split(batch_sizes) if mask is not None else [None] * len(batch_sizes)
+    steps = zip(gates.split(batch_sizes), q_all.split(batch_sizes), out.split(batch_sizes), masks)
     h = h0
-    for g_rz, g_n, q_t, out_t, mask_t in steps:
-        rz = g_rz.addmm_(h, w_rz_t).sigmoid_()  # (B, 2H): reset r | update z
+    for g, q_t, out_t, mask_t in steps:
+        h = h[: g.shape[0]]  # (n, H): the names still inside their name (all of them without padding)
+        rz = _addmm_(g[:, : 2 * H], h, w_rz_t, low).sigmoid_()  # (n, 2H): reset r | update z
         r, z = rz[:, :H], rz[:, H:]
-        q = torch.mul(r, h, out=q_t)  # (B, H): the reset past r * h
-        n = g_n.addmm_(q, w_h_t).tanh_()  # (B, H): candidate ñ
-        h = torch.lerp(h, n, z, out=out_t)  # (B, H): h + z (ñ - h) == (1 - z) h + z ñ
+        q = torch.mul(r, h, out=q_t)  # (n, H): the reset past r * h
+        n = _addmm_(g[:, 2 * H :], q, w_h_t, low).tanh_()  # (n, H): candidate ñ
+        h = torch.lerp(h, n, z, out=out_t)  # (n, H): h + z (ñ - h) == (1 - z) h + z ñ
         if mask_t is not None:
             h.mul_(mask_t)  # dropout inside the recurrence: the next step sees the dropped state
     return out, gates, q_all
 
 
+def _previous_states(h0: torch.Tensor, out: torch.Tensor, batch_sizes: list[int]) -> torch.Tensor:
+    """(N, H): the state each row's step started from: h0 at step 0, else the previous step's out."""
+    blocks = out.split(batch_sizes)
+    return torch.cat([h0[: batch_sizes[0]]] + [o[:n] for o, n in zip(blocks[:-1], batch_sizes[1:])])
+
+
+def _chain_factors(h_prev, r, z, n, mask):
+    """Factors of the chain rule that depend only on the forward, for all rows at once: (N, H) each.
+
+    g = the grad of a step's undropped output h'_t = h_prev + z (ñ - h_prev); with the dropout
+    mask m, g = m * (grad of the dropped h_t), so m is folded into the factors.
+    (sigmoid_backward(g, y) = g y (1 - y), tanh_backward(g, y) = g (1 - y²): one fused op each)
+    """
+    zm = z if mask is None else z * mask
+    f_n = torch.ops.aten.tanh_backward(zm, n)  # dL/da_n = g z (1 - ñ²), a_n: candidate pre-activation
+    d = n - h_prev if mask is None else (n - h_prev).mul_(mask)
+    f_z = torch.ops.aten.sigmoid_backward(d, z)  # dL/da_z = g (ñ - h) z (1 - z)
+    f_r = torch.ops.aten.sigmoid_backward(h_prev, r)  # dL/da_r = dq h_prev r (1 - r), dq: grad of q = r h
+    f_h = 1 - z if mask is None else mask - zm  # direct path: dL/dh_prev += g (1 - z)
+    return f_n, f_z, f_r, f_h
+
+
 class _GRULayer(torch.autograd.Function):
-    """out = layer(x, w_in, b_in, h0, w_rz, w_h; mask): one autograd node per layer."""
+    """out = layer(gates_in, h0, w_rz, w_h; mask, batch_sizes, low): one autograd node per layer."""
 
     @staticmethod
-    def forward(ctx, gates_in, h0, w_rz, w_h, mask):
-        out, gates, q = _layer_forward(gates_in, h0, w_rz, w_h, mask)
+    def forward(ctx, gates_in, h0, w_rz, w_h, mask, batch_sizes, low):
+        w_rz, w_h = (w if low is None else w.to(low) for w in (w_rz, w_h))  # cast once per layer
+        out, gates, q = _layer_forward(gates_in, h0, w_rz, w_h, mask, batch_sizes, low)
         ctx.save_for_backward(h0, w_rz, w_h, mask, out, gates, q)
+        ctx.batch_sizes, ctx.low = batch_sizes, low
         return out
 
     @staticmethod
     def backward(ctx, dout):
         h0, w_rz, w_h, mask, out, gates, q = ctx.saved_tensors
-        T, B, H = out.shape
-        r, z, n = gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H :]  # (T, B, H) each
-        h_prev = torch.cat([h0[None], out[:-1]])  # (T, B, H): the state each step saw
-        # Factors of the chain rule that depend only on the forward, for all steps at once.
-        # g = the grad of a step's undropped output h'_t = h_prev + z (ñ - h_prev); with the
-        # dropout mask m, g = m * (grad of the dropped h_t), so m is folded into the factors.
-        # (sigmoid_backward(g, y) = g y (1 - y), tanh_backward(g, y) = g (1 - y²): one fused op each)
-        zm = z if mask is None else z * mask
-        f_n = torch.ops.aten.tanh_backward(zm, n)  # dL/da_n = g z (1 - ñ²), a_n: candidate pre-activation
-        d = n - h_prev if mask is None else (n - h_prev).mul_(mask)
-        f_z = torch.ops.aten.sigmoid_backward(d, z)  # dL/da_z = g (ñ - h) z (1 - z)
-        f_r = torch.ops.aten.sigmoid_backward(h_prev, r)  # dL/da_r = dq h_prev r (1 - r), dq: grad of q = r h
-        f_h = 1 - z if mask is None else mask - zm  # direct path: dL/dh_prev += g (1 - z)
-        dgates = torch.empty_like(gates)  # (T, B, 3H): grads of the pre-activations [a_r | a_z | a_n]
-        dout = dout.contiguous()
-        dh = dout[T - 1].clone()  # (B, H): total grad of the dropped h_t
-        da_r, da_z, da_n = dgates[..., :H].unbind(0), dgates[..., H : 2 * H].unbind(0), dgates[..., 2 * H :].unbind(0)
-        da_rz = dgates[..., : 2 * H].unbind(0)
-        f_n, f_z, f_r, f_h, r_t, dout_t = (v.unbind(0) for v in (f_n, f_z, f_r, f_h, r, dout))
-        for t in range(T - 1, -1, -1):
-            torch.mul(dh, f_n[t], out=da_n[t])  # (B, H): dL/da_n
-            torch.mul(dh, f_z[t], out=da_z[t])  # (B, H): dL/da_z
-            dq = da_n[t] @ w_h  # (B, H): grad of q = r * h_prev
-            torch.mul(dq, f_r[t], out=da_r[t])  # (B, H): dL/da_r
-            # grad of h_{t-1}: the direct path, plus the later loss terms at step t-1 ...
-            dh_prev = torch.addcmul(dout_t[t - 1], dh, f_h[t]) if t > 0 else dh * f_h[t]
+        sizes, low = ctx.batch_sizes, ctx.low
+        H = out.shape[-1]
+        h_prev = _previous_states(h0, out, sizes)  # (N, H): the state each step saw
+        factors = _chain_factors(h_prev, gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H :], mask)
+        dgates = torch.empty_like(gates)  # (N, 3H): grads of the pre-activations [a_r | a_z | a_n]
+        # (N, H): grad of each step's (dropped) output; the loop adds each step's terms to the step before
+        acc = dout.clone(memory_format=torch.contiguous_format)
+        dg_t, acc_t, r_t = dgates.split(sizes), acc.split(sizes), gates[:, :H].split(sizes)
+        f_n, f_z, f_r, f_h = (f.split(sizes) for f in factors)
+        for t in range(len(sizes) - 1, -1, -1):
+            dg, dh = dg_t[t], acc_t[t]  # (n, 3H), (n, H): dh is the total grad of step t's state
+            da_n = torch.mul(dh, f_n[t], out=dg[:, 2 * H :])  # (n, H): dL/da_n
+            torch.mul(dh, f_z[t], out=dg[:, H : 2 * H])  # (n, H): dL/da_z
+            dq = _mm(da_n, w_h, low)  # (n, H): grad of q = r * h_prev
+            torch.mul(dq, f_r[t], out=dg[:, :H])  # (n, H): dL/da_r
+            # grad of h_{t-1} of the n names still going (ended ones keep just their loss term):
+            # the direct path, plus the later loss terms at step t-1 ...
+            dh_prev = acc_t[t - 1][: dh.shape[0]].addcmul_(dh, f_h[t]) if t > 0 else dh * f_h[t]
             dh_prev.addcmul_(dq, r_t[t])  # ... through q = r * h_prev ...
-            dh = dh_prev.addmm_(da_rz[t], w_rz)  # ... and through both gates' W_rz h_prev
-        # hidden weights' gradients, batched over all T*B rows (the input maps' are autograd's)
-        dg = dgates.view(T * B, 3 * H)
-        dw_rz = torch.mm(dg[:, : 2 * H].t(), h_prev.view(T * B, H))  # (2H, H)
-        dw_h = torch.mm(dg[:, 2 * H :].t(), q.view(T * B, H))  # (H, H)
-        return dgates, dh, dw_rz, dw_h, None
+            _addmm_(dh_prev, dg[:, : 2 * H], w_rz, low)  # ... and through both gates' W_rz h_prev
+        dh0 = dh_prev  # (B, H): after step 0, the grad of h0
+        # hidden weights' gradients, batched over all N rows (the input maps' are autograd's)
+        dg = dgates if low is None else dgates.to(low)
+        dw_rz = torch.mm(dg[:, : 2 * H].t(), h_prev.to(dg.dtype)).to(h0.dtype)  # (2H, H)
+        dw_h = torch.mm(dg[:, 2 * H :].t(), q).to(h0.dtype)  # (H, H)
+        return dgates, dh0, dw_rz, dw_h, None, None, None
 
 
 def gru_layer(gates_in: torch.Tensor, h0: torch.Tensor, w_rz: torch.Tensor, w_h: torch.Tensor,
-              mask: torch.Tensor | None = None) -> torch.Tensor:
-    """All T steps of one layer. gates_in: (T, B, 3H), h0: (B, H) -> out (T, B, H); out[-1] is the final state.
+              mask: torch.Tensor | None = None, batch_sizes: list[int] | None = None) -> torch.Tensor:
+    """All steps of one layer. h0: (B, H); weights as ``GRUCell.hidden_weights()``.
 
+    Without ``batch_sizes``: gates_in (T, B, 3H), mask (T, B, H) -> out (T, B, H), out[-1] the
+    final state. With it: packed rows (see above), gates_in (N, 3H), mask (N, H) -> out (N, H).
     Same math as ``GRUCell.fused_step`` stepped over ``gates_in = GRUCell.input_projection(x)``,
-    with each new state multiplied by ``mask[t]``; weights as ``GRUCell.hidden_weights()``.
+    with each new state multiplied by the mask. Under autocast the matmuls run in its dtype.
     """
+    shape = None
+    if batch_sizes is None:  # (T, B, ...): every name runs every step
+        shape, batch_sizes = (*gates_in.shape[:2], -1), [gates_in.shape[1]] * gates_in.shape[0]
+        gates_in = gates_in.flatten(0, 1)
+        mask = mask.flatten(0, 1) if mask is not None else None
+    if not batch_sizes or batch_sizes[0] != h0.shape[0]:
+        raise ValueError(f"batch_sizes {batch_sizes[:3]}...: step 0 must run all {h0.shape[0]} rows of h0")
+    low = _autocast_dtype(gates_in.device.type)
+    h0 = h0.to(w_rz.dtype)  # the state is in the parameters' dtype
     if torch.is_grad_enabled() and any(t.requires_grad for t in (gates_in, h0, w_rz, w_h)):
-        return _GRULayer.apply(gates_in, h0, w_rz, w_h, mask)
-    return _layer_forward(gates_in, h0, w_rz, w_h, mask)[0]
+        out = _GRULayer.apply(gates_in, h0, w_rz, w_h, mask, batch_sizes, low)
+    else:
+        w_rz, w_h = (w if low is None else w.to(low) for w in (w_rz, w_h))
+        out = _layer_forward(gates_in, h0, w_rz, w_h, mask, batch_sizes, low)[0]
+    return out if shape is None else out.view(shape)
+
+
+class Packing:
+    """Where a padded batch's real positions go when padding takes no compute (PackedSequence's layout).
+
+    ``lengths`` (B,): real positions per row (>= 1, <= T). Rows are taken longest first
+    (``order``: the sorting permutation, None when already sorted). ``batch_sizes[t]`` is the
+    number of rows still inside their name at step t (trailing steps with none are dropped),
+    ``valid`` (T, B) marks real positions (time-major order is the packed order) and
+    ``last`` (B,) is the packed row of each row's last real position.
+    """
+
+    def __init__(self, lengths: torch.Tensor, T: int):
+        lens = lengths.tolist()
+        if not lens or min(lens) < 1 or max(lens) > T:
+            raise ValueError(f"lengths must be between 1 and the batch's {T} steps, got {lens[:8]}...")
+        self.order = None
+        if any(a < b for a, b in zip(lens, lens[1:])):
+            self.order = torch.argsort(lengths, descending=True, stable=True)
+            lengths, lens = lengths[self.order], sorted(lens, reverse=True)
+        sizes = [0] * lens[0]  # sizes[t]: rows whose length is > t
+        for n in lens:
+            sizes[n - 1] += 1
+        for t in range(len(sizes) - 2, -1, -1):
+            sizes[t] += sizes[t + 1]
+        self.batch_sizes = sizes
+        self.valid = torch.arange(T, device=lengths.device)[:, None] < lengths[None, :]  # (T, B)
+        starts = [0]
+        for n in sizes[:-1]:
+            starts.append(starts[-1] + n)  # packed row of step t's first name
+        self.last = torch.tensor([starts[n - 1] + b for b, n in enumerate(lens)], device=lengths.device)  # (B,)
+
+    def sort(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        return x if self.order is None else x.index_select(dim, self.order)
+
+    def unsort(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        return x if self.order is None else x.index_select(dim, torch.argsort(self.order))
+
+    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        """(N, V) packed rows -> (T, B, V), zeros at padding."""
+        T, B = self.valid.shape
+        return packed.new_zeros(T, B, packed.shape[-1]).masked_scatter(self.valid[..., None], packed)
 
 
 class GRULanguageModel(nn.Module):
@@ -195,6 +310,7 @@ class GRULanguageModel(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(n_hidden) if layer_norm else nn.Identity()
         self.head = nn.Linear(n_hidden, vocab_size)
+        self.skip_padding = True  # forward(..., lengths) runs no step on padding (see forward)
 
     @classmethod
     def from_config(cls, config, vocab_size: int) -> "GRULanguageModel":
@@ -210,25 +326,62 @@ class GRULanguageModel(nn.Module):
     def init_hidden(self, batch: int, device=None) -> torch.Tensor:
         return torch.zeros(self.n_layer, batch, self.n_hidden, device=device, dtype=self.head.weight.dtype)
 
-    def forward(self, idx: torch.Tensor, h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """idx: (B, T) token ids, h: (n_layer, B, H) or None -> logits (B, T, V), h (n_layer, B, H)."""
+    def forward(self, idx: torch.Tensor, h: torch.Tensor | None = None,
+                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """idx: (B, T) token ids, h: (n_layer, B, H) or None -> logits (B, T, V), h (n_layer, B, H).
+
+        ``lengths`` (B,): each row's number of real positions (name + end token); later positions
+        are padding and take no compute (see ``Packing``). Logits there are 0, and the returned h
+        is each row's state at its last real position. The real positions' logits, and the loss
+        and gradients computed from them, are the same as without ``lengths`` (which runs every
+        position, as sampling and the notebook do). Rows are processed longest first: sorted
+        batches (``NameBatches`` sorts them) skip a sort here. With ``skip_padding`` off
+        (``compile_model`` turns it off: per-batch step counts would recompile for every batch)
+        padding is computed, with the same results at real positions.
+        """
         B, T = idx.shape
         if h is None:
             h = self.init_hidden(B, idx.device)
+        pack = None
+        if lengths is not None and self.skip_padding:
+            pack = Packing(lengths, T)
+            idx, h = pack.sort(idx, 0), pack.sort(h, 1)
+            tokens = idx.t()[pack.valid]  # (N,): real positions, packed
+        else:
+            tokens = idx.t().reshape(-1)  # (T*B,): time-major, every position
+        sizes = pack.batch_sizes if pack is not None else [B] * T
         h_last = []
         for i, (layer, h_l) in enumerate(zip(self.layers, h)):
             w_in, b_in = layer.input_weights()  # (3H, n_in), (3H,)
             if i == 0:
                 # Layer 0's input terms depend on the token alone: project the (V, n_embd) embedding
                 # table once and look rows up (the same dot products as projecting every embedded row).
-                gates_in = F.embedding(idx.t(), F.linear(self.embedding.weight, w_in, b_in))  # (T, B, 3H)
+                # Only V rows: float32 even under autocast, as rounding them to bf16 was the largest
+                # error of bf16 training (max per-parameter gradient error ~2% with it, ~0.5% without).
+                with torch.autocast(idx.device.type, enabled=False):
+                    gates_in = F.embedding(tokens, F.linear(self.embedding.weight, w_in, b_in))  # (N, 3H)
             else:
-                gates_in = F.linear(x, w_in, b_in)  # (T, B, 3H), every step at once
-            mask = self._dropout_mask(T, B, gates_in)  # (T, B, H) or None
-            x = gru_layer(gates_in, h_l, *layer.hidden_weights(), mask)  # (T, B, H), time-major, feeds the next layer
-            h_last.append(x[-1])  # (B, H): the final (dropped) state
-        logits = self.head(self.norm(x))  # (T, B, V)
-        return logits.transpose(0, 1).contiguous(), torch.stack(h_last)  # (B, T, V), (n_layer, B, H)
+                gates_in = F.linear(x, w_in, b_in)  # (N, 3H), every step at once
+            mask = self._dropout_mask(T, B, h_l)  # (T, B, H) or None, in the caller's row order either way
+            if mask is not None:
+                mask = pack.sort(mask, 1)[pack.valid] if pack is not None else mask.view(T * B, -1)  # (N, H)
+            x = gru_layer(gates_in, h_l, *layer.hidden_weights(), mask, sizes)  # (N, H): feeds the next layer
+            h_last.append(self._final_states(x, B, lengths, pack))  # (B, H)
+        logits = self.head(self.norm(x))  # (N, V)
+        logits = pack.unpack(logits) if pack is not None else logits.view(T, B, -1)  # (T, B, V)
+        logits, h_last = logits.transpose(0, 1).contiguous(), torch.stack(h_last)  # (B, T, V), (n_layer, B, H)
+        if pack is not None:
+            logits, h_last = pack.unsort(logits, 0), pack.unsort(h_last, 1)
+        return logits, h_last
+
+    @staticmethod
+    def _final_states(x: torch.Tensor, B: int, lengths, pack) -> torch.Tensor:
+        """(B, H) from a layer's output x (N, H): the state after the last step, or after each row's last real step."""
+        if pack is not None:
+            return x[pack.last]
+        if lengths is not None:  # padding was computed (skip_padding off): each row's last real step
+            return x[(lengths - 1) * B + torch.arange(B, device=x.device)]
+        return x[-B:]  # the final (dropped) state
 
     def _dropout_mask(self, T: int, B: int, like: torch.Tensor) -> torch.Tensor | None:
         """(T, B, H) inverted-dropout mask for every step's state, or None when dropout is off.
@@ -261,7 +414,8 @@ def compile_model(model: nn.Module, device_type: str = "cpu", backend: str | Non
     On CUDA the mode is ``reduce-overhead`` (CUDA graphs remove the per-step launch
     overhead of the recurrence); elsewhere the default mode. The step loop is unrolled
     per sequence length, so each distinct batch length compiles once: the recompile
-    limit is raised to cover every length of a names file. ``backend`` is for tests
+    limit is raised to cover every length of a names file. Padding is then computed
+    (``skip_padding`` off), as the padding-free step counts differ from batch to batch. ``backend`` is for tests
     (``aot_eager`` traces without generating code).
     """
     import torch._dynamo.config as dynamo_config
@@ -271,6 +425,8 @@ def compile_model(model: nn.Module, device_type: str = "cpu", backend: str | Non
     else:  # older torch
         dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, 64)
     kwargs: dict = {"dynamic": False}
+    if isinstance(model, GRULanguageModel):
+        model.skip_padding = False  # padding-free steps depend on each batch's lengths: one compile per batch
     if backend is not None:
         kwargs["backend"] = backend
     elif device_type == "cuda":

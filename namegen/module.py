@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -12,6 +13,7 @@ from torchmetrics import MeanMetric
 from namegen.checkpoint import build_meta
 from namegen.config import Config
 from namegen.data import IGNORE, Vocab
+from namegen.errors import TrainingDiverged
 from namegen.model import GRULanguageModel, char_nll
 
 
@@ -48,12 +50,17 @@ class NameGenModule(pl.LightningModule):
     def _token_nll(self, batch) -> torch.Tensor:
         """Per-character NLL of the real (non-padding) targets, flattened: (n_chars,)."""
         x, y = batch  # (B, T), (B, T)
-        logits, _ = self.model(x)  # (B, T, V)
+        lengths = (y != IGNORE).sum(1)  # (B,): real positions per name; the padding after them takes no compute
+        logits, _ = self.model(x, lengths=lengths)  # (B, T, V)
         return char_nll(logits, y, IGNORE)[y != IGNORE]
 
     def training_step(self, batch, batch_idx):
         nll = self._token_nll(batch)
         loss = nll.mean()
+        finite = bool(torch.isfinite(loss))
+        if self._on_any_process(not finite):  # stop before backward and the optimizer step: no inf/nan weights
+            where = "" if not finite else " on another process"
+            raise self._diverged(f"train/loss is {loss.item() if not finite else 'not finite'}{where}")
         self.train_nll.update(loss.detach(), weight=nll.numel())
         self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
@@ -95,7 +102,27 @@ class NameGenModule(pl.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def _on_any_process(self, flag: bool) -> bool:
+        """``flag`` or-ed over the processes (DDP), so that all of them take the same branch."""
+        if self.trainer.world_size == 1:
+            return flag
+        return bool(self.trainer.strategy.reduce_boolean_decision(flag, all=False))
+
+    def _diverged(self, message: str) -> TrainingDiverged:
+        """The one-line error for a run that stopped at this step, saying which checkpoints are kept."""
+        cb = self._trainer.checkpoint_callback if self._trainer is not None else None
+        kept = [Path(p).name for p in (cb.best_model_path, cb.last_model_path) if p and Path(p).exists()] if cb else []
+        kept = (f"{' and '.join(kept)} {'are' if len(kept) > 1 else 'is'} from before it" if kept
+                else "no checkpoint had been written yet")
+        hint = "lower --lr" + ("" if str(self._trainer and self.trainer.precision).startswith(("32", "64"))
+                               else " or use --precision 32-true")
+        return TrainingDiverged(f"training diverged: {message} at epoch {self.current_epoch + 1}, step "
+                                f"{self.global_step + 1}; {kept}; {hint}")
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        bad = next((n for n, p in self.model.named_parameters() if not p.isfinite().all()), None)
+        if bad is not None:  # never save the weights of a diverged run (DDP: the same weights on every rank)
+            raise self._diverged(f"weight {bad} is not finite")
         meta = build_meta(self.config, Vocab(self.vocab_chars), self.model.num_parameters(), **self.meta)
         run_id = _wandb_run_id(self._trainer)
         if run_id:

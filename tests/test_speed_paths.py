@@ -177,3 +177,128 @@ def test_sampling_bookkeeping_when_finished_names_leave_the_batch():
             targets = row + [END]
             expected = sum(logp[t, c].item() for t, c in enumerate(targets))
             assert lp == pytest.approx(expected, abs=1e-5)  # sampling sums in float32
+
+
+# ------------------------------------------------------------------------ no compute on padding
+
+
+def _padded_batch(lengths, V=9, seed=0):
+    """Token ids (B, T) and targets (B, T) padded as NameBatches pads them: 0 / -100 after each row's length."""
+    from namegen.data import IGNORE, PAD
+
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor(lengths)
+    B, T = len(lengths), int(lengths.max())
+    x, y = torch.randint(1, V, (B, T), generator=gen), torch.randint(1, V, (B, T), generator=gen)
+    real = torch.arange(T)[None, :] < lengths[:, None]  # (B, T)
+    return x.masked_fill(~real, PAD), y.masked_fill(~real, IGNORE), lengths
+
+
+def _loss_and_grads(model, x, y, lengths):
+    """The training loss (mean NLL per predicted character) and every parameter's gradient."""
+    model.zero_grad()
+    torch.manual_seed(7)  # the same dropout masks on both paths
+    logits, h = model(x, lengths=lengths)
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, logits.detach(), h.detach()
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-6)], ids=["float64", "float32"])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize("lengths", [[7, 7, 5, 4, 4, 2, 1], [3, 7, 1, 5, 7, 2, 4]], ids=["sorted", "unsorted"])
+def test_skipping_padding_gives_the_padded_loss_and_gradients(dtype, tol, dropout, lengths):
+    """Packed (lengths given) and padded (lengths=None) batches of the same names: same loss, same grads."""
+    torch.manual_seed(0)
+    model = GRULanguageModel(vocab_size=9, n_layer=2, n_embd=4, n_hidden=8, dropout=dropout, layer_norm=True)
+    model = model.to(dtype).train()
+    x, y, lengths = _padded_batch(lengths)
+    loss, grads, logits, _ = _loss_and_grads(model, x, y, None)
+    p_loss, p_grads, p_logits, h = _loss_and_grads(model, x, y, lengths)
+    torch.testing.assert_close(p_loss, loss, atol=tol, rtol=tol)
+    for name in grads:
+        torch.testing.assert_close(p_grads[name], grads[name], atol=tol, rtol=tol, msg=name)
+    real = y != -100
+    torch.testing.assert_close(p_logits[real], logits[real], atol=tol, rtol=tol)
+    assert (p_logits[~real] == 0).all()  # padding: no compute, finite zeros
+    # h: each row's state after its own last character, as running that row alone and unpadded gives
+    if dropout == 0:
+        for b, L in enumerate(lengths.tolist()):
+            _, h_alone = model(x[b : b + 1, :L])
+            torch.testing.assert_close(h[:, b], h_alone[:, 0], atol=tol, rtol=tol)
+
+
+def test_skipping_padding_without_padding_is_the_padded_path():
+    """A batch of equal lengths packs into exactly the (T, B) layout: bit-for-bit the same results."""
+    torch.manual_seed(0)
+    model = GRULanguageModel(vocab_size=9, n_layer=2, n_embd=4, n_hidden=8, dropout=0.3).train()
+    x, y, lengths = _padded_batch([6, 6, 6])
+    a, b = _loss_and_grads(model, x, y, None), _loss_and_grads(model, x, y, lengths)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[3], b[3])
+    assert all(torch.equal(a[1][n], b[1][n]) for n in a[1])
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_gradcheck_layer_with_lengths(with_mask):
+    """float64 gradcheck of the hand-written backward on packed rows (names that end at different steps)."""
+    from namegen.model import Packing
+
+    cell, x, h0 = _layer_inputs(T=5, B=4)
+    T, B, H = x.shape[0], x.shape[1], h0.shape[1]
+    pack = Packing(torch.tensor([5, 3, 3, 1]), T)
+    assert pack.batch_sizes == [4, 3, 3, 1, 1] and pack.order is None
+    xp = x[pack.valid]  # (N, n_in): real positions, time-major
+    mask = None
+    if with_mask:
+        mask = (torch.rand(T, B, H, generator=torch.Generator().manual_seed(3), dtype=torch.float64) > 0.4) / 0.6
+        mask = mask[pack.valid].double()
+    w_in, b_in = (w.detach().requires_grad_() for w in cell.input_weights())
+    w_rz, w_h = (w.detach().requires_grad_() for w in cell.hidden_weights())
+    xp, h0 = xp.requires_grad_(), h0.requires_grad_()
+
+    def layer(xp, w_in, b_in, h0, w_rz, w_h):
+        gates_in = torch.nn.functional.linear(xp, w_in, b_in)  # (N, 3H)
+        return gru_layer(gates_in, h0, w_rz, w_h, mask, pack.batch_sizes)
+
+    assert torch.autograd.gradcheck(layer, (xp, w_in, b_in, h0, w_rz, w_h))
+    # the forward is the plain cell stepped over each row's own positions only
+    out = layer(xp, w_in, b_in, h0, w_rz, w_h)
+    full_mask = None
+    if with_mask:
+        full_mask = torch.zeros(T, B, H, dtype=torch.float64).masked_scatter(pack.valid[..., None], mask)
+    ref = _reference_layer(cell, x, h0, full_mask)  # (T, B, H), running through the padding too
+    torch.testing.assert_close(out, ref[pack.valid], atol=1e-10, rtol=0)  # equal where the rows are real
+
+
+def test_compiled_model_computes_padding_with_the_same_results():
+    """compile_model turns skip_padding off (per-batch step counts would recompile); same results."""
+    torch.manual_seed(0)
+    model = GRULanguageModel(vocab_size=9, n_layer=2, n_embd=4, n_hidden=8, layer_norm=True)
+    x, y, lengths = _padded_batch([6, 4, 4, 2, 1])
+    ref = _loss_and_grads(model, x, y, lengths)
+    compile_model(model, "cpu", backend="aot_eager")
+    assert not model.skip_padding
+    got = _loss_and_grads(model, x, y, lengths)
+    torch.testing.assert_close(got[0], ref[0], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(got[3], ref[3], atol=1e-6, rtol=1e-6)  # h at each row's last character
+    for name in ref[1]:
+        torch.testing.assert_close(got[1][name], ref[1][name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_training_batches_come_longest_first_and_pass_lengths():
+    """NameBatches sorts a batch's rows (so the model need not), and training skips the padding."""
+    from namegen.config import load_config
+    from namegen.data import NameBatches, Vocab, encode_names
+    from namegen.module import NameGenModule
+
+    names = ["bo", "alexandra", "eve", "christopher", "al"]
+    vocab = Vocab.from_names(names)
+    x, y = NameBatches(*encode_names(names, vocab))[[0, 1, 2, 3, 4]]
+    lengths = (y != -100).sum(1)
+    assert lengths.tolist() == [12, 10, 4, 3, 3] and x.shape == (5, 12)
+    module = NameGenModule(load_config("small").replace(n_embd=4, n_hidden=8), vocab.chars)
+    seen = []
+    original = module.model.forward
+    module.model.forward = lambda idx, h=None, lengths=None: seen.append(lengths) or original(idx, h, lengths)
+    module._token_nll((x, y))
+    assert seen[0].tolist() == lengths.tolist()
