@@ -89,7 +89,7 @@ def devices(text: str):
 FLAGS = {
     "data": "--data", "ckpt": "--ckpt", "resume": "--resume", "model": "--model", "out": "--out",
     "logger": "--logger", "labels": "--labels", "update_readme": "--update-readme", "train": "--train",
-    "wandb_mode": "--wandb-mode",
+    "wandb_mode": "--wandb-mode", "precision": "--precision",
 }
 COMMAND_FLAGS = {"sample": {"train_data": "--data"}, "evaluate": {"train_data": "--train-data"}}
 #: argument names of the Python API that sample.py spells as flags
@@ -168,7 +168,10 @@ def _add_trainer_arguments(g) -> None:
                    "(default: auto)")
     g.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, ... (default: auto)")
     g.add_argument("--num-nodes", type=positive_int, default=1, help="machines taking part (default: 1)")
-    g.add_argument("--precision", default=None, help="32-true, bf16-mixed, 16-mixed, ... (default: Lightning's, 32)")
+    g.add_argument("--precision", default=None,
+                   help="32-true, bf16-mixed (CPU or GPU) or 16-mixed (GPU). Default: bf16-mixed where the CPU or "
+                        "GPU computes bf16 natively, else 32-true; start-up says which. Weights, optimizer state "
+                        "and val/loss stay float32 either way")
     g.add_argument("--limit-train-batches", type=int_or_float, default=None,
                    help="train on this many batches per epoch (int) or this fraction (float), for quick runs")
     g.add_argument("--limit-val-batches", type=int_or_float, default=None,

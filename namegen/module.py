@@ -72,7 +72,10 @@ class NameGenModule(pl.LightningModule):
         self.train_nll.reset()
 
     def validation_step(self, batch, batch_idx):
-        self.val_nll.update(self._token_nll(batch))
+        # val/loss in float32 whatever the training precision: it selects best.ckpt, so it must be the
+        # loss of the float32 weights that the checkpoint holds and evaluate.py measures
+        with torch.autocast(self.device.type, enabled=False):
+            self.val_nll.update(self._token_nll(batch))
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_nll.compute()  # synced across processes by torchmetrics

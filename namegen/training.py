@@ -80,6 +80,8 @@ class RunPlan:
     vocab: Vocab | None = None  # fixed by the checkpoint when resuming
     resume_path: Path | None = None
     resume_ckpt: dict | None = field(default=None, repr=False)
+    precision: str = "32-true"
+    precision_why: str = "asked for with --precision"
     wandb_mode: str | None = None  # online or offline; None without W&B
     wandb_auto_offline: bool = False  # offline because no login was found (not because it was asked)
 
@@ -106,6 +108,37 @@ logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
 warnings.filterwarnings("ignore", message=r".*does not have many workers")
+
+
+#: below this hidden width a CPU's bf16 matmuls do not pay off: each costs a fixed ~13 us whatever its
+#: size, and small's (128 x 384) ones are too small to win that back (measured on AVX512-BF16)
+CPU_BF16_MIN_HIDDEN = 256
+
+
+def default_precision(accelerator: str, config: Config) -> tuple[str, str]:
+    """The precision a run takes when --precision is not given, and why: bf16 mixed precision where
+    the hardware computes bf16 natively and the model is wide enough to gain from it, else 32-bit."""
+    on_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if on_cuda:
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return "bf16-mixed", "this GPU computes bf16 natively"
+        return "32-true", "this GPU has no native bf16"
+    if not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        return "32-true", "this CPU has no native bf16"
+    if config.n_hidden < CPU_BF16_MIN_HIDDEN:
+        return "32-true", f"at hidden width {config.n_hidden} this CPU's bf16 matmuls are no faster"
+    return "bf16-mixed", "this CPU computes bf16 natively: AVX512-BF16 or AMX"
+
+
+def check_precision(precision: str, accelerator: str) -> str:
+    """A precision this hardware can run, or one line saying what to use instead."""
+    on_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if precision.startswith("16") and not on_cuda:
+        raise UserError(f"{precision} (float16) needs a CUDA GPU and none is in use here; use bf16-mixed or 32-true",
+                        about="precision")
+    if precision.startswith("bf16") and on_cuda and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise UserError(f"{precision}: this GPU has no native bf16; use 16-mixed or 32-true", about="precision")
+    return precision
 
 
 @rank_zero_only
@@ -139,6 +172,10 @@ def plan_run(opts: TrainOptions) -> RunPlan:
             f"replace it, or --out DIR to keep both",
             about="out",
         )
+    if opts.precision is None:
+        plan.precision, plan.precision_why = default_precision(opts.accelerator, plan.config)
+    else:
+        plan.precision = check_precision(opts.precision, opts.accelerator)
     if opts.logger == "wandb":
         plan.wandb_mode = wandb_mode(opts.wandb_mode)
         plan.wandb_auto_offline = plan.wandb_mode == "offline" and not (opts.wandb_mode or os.environ.get("WANDB_MODE"))
@@ -264,16 +301,16 @@ def build_trainer(plan: RunPlan, opts: TrainOptions, n_params: int) -> tuple[pl.
         logger=loggers or False, callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],  # a kill mid-save never leaves a partial best/last.ckpt
         use_distributed_sampler=False,  # the data module shards batches across ranks itself
-        log_every_n_steps=10, enable_model_summary=False, enable_progress_bar=progress_bar,
+        log_every_n_steps=10, enable_model_summary=False, enable_progress_bar=progress_bar, precision=plan.precision,
     )
-    for key in ("precision", "limit_train_batches", "limit_val_batches"):
+    for key in ("limit_train_batches", "limit_val_batches"):
         if getattr(opts, key) is not None:
             kwargs[key] = getattr(opts, key)
     try:
         return pl.Trainer(**kwargs), checkpoint
     except (MisconfigurationException, ValueError, TypeError, ImportError, RuntimeError) as exc:
         flags = (f"--accelerator {opts.accelerator} --devices {opts.devices} --strategy {opts.strategy} "
-                 f"--num-nodes {opts.num_nodes}" + (f" --precision {opts.precision}" if opts.precision else ""))
+                 f"--num-nodes {opts.num_nodes} --precision {plan.precision}")
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{flags}: the Lightning Trainer refused this combination ({first[:300]})") from None
 
@@ -360,6 +397,9 @@ def announce(plan: RunPlan, datamodule: NamesDataModule, trainer: pl.Trainer, n_
         say("W&B: no login found, so the run is logged offline (the end of the run prints its `wandb sync` "
             "command); `wandb login` gives a live dashboard")
     say(f"trainable parameters: {n_params:,}")
+    turn_off = ("; --precision 32-true turns it off" if plan.precision != "32-true"
+                else "; --precision bf16-mixed asks for it" if "no faster" in plan.precision_why else "")
+    say(f"precision: {plan.precision} ({plan.precision_why}{turn_off}); val/loss is computed in float32")
 
 
 def report(result: TrainResult) -> None:
