@@ -192,7 +192,8 @@ def train_command(args: argparse.Namespace) -> int:
     # Imported here, not at the top: sampling and conversion never pay for importing Lightning.
     from namegen.training import TrainOptions, train
 
-    opts = TrainOptions(**{f.name: getattr(args, f.name) for f in fields(TrainOptions)})
+    opts = TrainOptions(**{f.name: getattr(args, f.name) for f in fields(TrainOptions) if hasattr(args, f.name)},
+                        sample_command=sample_invocation(args))
     try:
         result = train(opts)
     except Interrupted as exc:
@@ -206,6 +207,13 @@ def train_command(args: argparse.Namespace) -> int:
             print(f"interrupted: {kept} is kept; resume with: {resume_command(args, exc.shown)}", file=sys.stderr)
         return INTERRUPTED
     return 0 if result.best_score is not None else 1
+
+
+def sample_invocation(args: argparse.Namespace) -> str:
+    """How this user runs sampling: ``python sample.py`` beside ``python train.py``, else ``namegen sample``."""
+    if args.invocation[0] == "python" and args.invocation[1].endswith("train.py"):
+        return "python sample.py"
+    return " ".join(args.invocation[:-1] + ["sample"])
 
 
 def resume_command(args: argparse.Namespace, last: str) -> str:
@@ -226,7 +234,7 @@ def resume_command(args: argparse.Namespace, last: str) -> str:
         argv += ["--resume", last]
     else:
         argv.append("--resume")
-    return " ".join(shlex.quote(a) for a in ["python", args.script, *argv])
+    return " ".join(shlex.quote(a) for a in [*args.invocation, *argv])
 
 
 # ----------------------------------------------------------------------------- sample
@@ -404,7 +412,7 @@ def compare_command(args: argparse.Namespace) -> int:
         reports_dir=Path(args.reports_dir), date=args.date, num_samples=args.num_samples,
         sample_seed=args.sample_seed, device=args.device, training=training,
         update_readme=Path(args.update_readme) if args.update_readme else None,
-        command=" ".join(shlex.quote(a) for a in ["python", "compare.py", *args.argv]),
+        command=" ".join(shlex.quote(a) for a in [*args.invocation, *args.argv]),
     ))
     return 0
 
@@ -477,7 +485,8 @@ def main(argv: list[str] | None = None, prog: str = "namegen") -> int:
     """``namegen COMMAND [flags]``: the whole command line."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(prog).parse_args(argv)
-    args.argv, args.script = argv[1:], COMMANDS[args.command][3]
+    launcher = ["python", "-m", "namegen"] if Path(sys.argv[0]).name == "__main__.py" else [prog]
+    args.argv, args.invocation = argv[1:], [*launcher, args.command]
     return run(args.command, COMMANDS[args.command][1], args)
 
 
@@ -488,5 +497,5 @@ def script_main(command: str, argv: list[str] | None = None) -> int:
     parser = Parser(prog=script)
     add_arguments(parser)
     args = parser.parse_args(argv)
-    args.argv, args.script = argv, sys.argv[0] if Path(sys.argv[0]).name == script else script
+    args.argv, args.invocation = argv, ["python", sys.argv[0] if Path(sys.argv[0]).name == script else script]
     return run(command, handler, args)

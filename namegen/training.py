@@ -67,6 +67,7 @@ class TrainOptions:
     logger: str = "wandb"  # wandb (+ metrics.csv), csv or none
     wandb_mode: str | None = None
     wandb_group: str = "sizes"
+    sample_command: str = "namegen sample"  # how the user samples, for the last line of the run
 
 
 @dataclass
@@ -99,6 +100,7 @@ class TrainResult:
     epochs: int
     elapsed_s: float
     wandb_sync: str | None = None  # how to upload an offline W&B run
+    sample_command: str = "namegen sample"
 
 
 # Lightning's start-up chatter (accelerator lines, tips, "fit stopped") says nothing a namegen user needs,
@@ -359,6 +361,7 @@ def _fit(plan: RunPlan, opts: TrainOptions, datamodule: NamesDataModule, module:
         best_score=None if best is None else best.item(),
         best_path=Path(checkpoint.best_model_path) if best is not None else None,
         out_dir=plan.out_dir, epochs=trainer.current_epoch, elapsed_s=time.perf_counter() - start,
+        sample_command=opts.sample_command,
     )
     if trainer.is_global_zero:
         result.wandb_sync = sync_hint(finish_wandb(find_wandb_logger(trainer)))
@@ -410,7 +413,7 @@ def report(result: TrainResult) -> None:
         best = display(result.best_path)
         say(f"best val/loss {result.best_score:.4f} (perplexity {torch.tensor(result.best_score).exp().item():.3f}): "
             f"{best}")
-        say(f"sample from it: python sample.py --ckpt {best}")
+        say(f"sample from it: {result.sample_command} --ckpt {best}")
     if result.wandb_sync:
         say(result.wandb_sync)
 
