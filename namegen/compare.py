@@ -12,7 +12,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as dt
+import json
 import os
+import platform
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
 import wandb  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
@@ -31,7 +35,8 @@ from namegen.training import TrainOptions, train  # noqa: E402
 
 TABLE_COLUMNS = [
     "size", "parameters", "epochs", "best val/loss", "perplexity", "wall time", "tokens/s",
-    "new", "copies", "duplicates", "mean length (data)", "first-letter TV", "10 sampled names",
+    "new", "copies", "val matches", "copy excess", "duplicates", "mean length (data)", "first-letter TV",
+    "10 sampled names",
 ]
 
 
@@ -146,6 +151,8 @@ class Row:
             tokens,
             f"{s.new:.1%}",
             f"{s.train_copy:.1%}",
+            f"{s.val_only:.1%}",
+            f"{s.copy_excess:.2f}",
             f"{s.duplicate:.1%}",
             f"{s.mean_len:.2f} ({s.data_mean_len:.2f})",
             f"{s.first_letter_tv:.3f}",
@@ -175,34 +182,56 @@ def markdown_table(rows: list[Row]) -> str:
 
 
 def write_report(rows: list[Row], out_dir: Path, figure: Path | None, num_samples: int, sample_seed: int) -> Path:
-    first = rows[0].evaluation
-    lines = [
-        f"# namegen: sizes compared ({out_dir.name})",
-        "",
-        markdown_table(rows),
-        "",
-        "- best val/loss: mean NLL per character (nats) of each `best.ckpt` on the validation split it was "
-        f"trained with, rebuilt from the data file and seed it records (first row: {first.evaluated_on}); "
-        "perplexity is its exp.",
-        "- epochs: epochs trained, and the epoch of the best val/loss; wall time: training epochs with their "
-        "validation, from the run's `metrics.csv`; tokens/s: predicted training characters per second of "
-        "training steps.",
-        f"- sample statistics over {num_samples:,} names sampled at temperature 1 (seed {sample_seed}): "
-        "new = in neither split of the data file; copies = reproduce a training name; duplicates = repeat an "
-        "earlier sample; first-letter TV = total-variation distance to the data's first-letter distribution "
-        f"(the same number of names drawn from the data itself gives {first.samples.first_letter_tv_noise:.3f}: "
-        "sampling noise alone).",
-        "",
-        "Checkpoints:",
-        "",
-        *[f"- {row.label}: `{row.evaluation.checkpoint}` ({recipe(row.evaluation.config)})" for row in rows],
-        "",
-    ]
+    """report.md (the table, the figure, what each column means, the machine), and beside it each run's
+    sampled names (samples-<label>.txt) and evaluate.py figures (evaluation-<label>.json)."""
+    for row in rows:
+        slug = re.sub(r"[^\w.-]+", "-", row.label)
+        (out_dir / f"samples-{slug}.txt").write_text("\n".join(row.evaluation.names) + "\n", encoding="utf-8")
+        (out_dir / f"evaluation-{slug}.json").write_text(json.dumps(row.evaluation.to_dict(), indent=1) + "\n",
+                                                        encoding="utf-8")
+    lines = [f"# namegen: sizes compared ({out_dir.name})", "", markdown_table(rows), "",
+             *_notes(rows, num_samples, sample_seed), "", "Checkpoints:", "",
+             *[f"- {row.label}: `{row.evaluation.checkpoint}` ({recipe(row.evaluation.config)})" for row in rows], ""]
     if figure is not None:
         lines[2:2] = [f"![train and validation loss per epoch]({figure.name})", ""]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def _notes(rows: list[Row], num_samples: int, sample_seed: int) -> list[str]:
+    first = rows[0].evaluation
+    return [
+        "- best val/loss: mean NLL per character (nats) of each `best.ckpt` on the validation split it was "
+        f"trained with, rebuilt from the data file and seed it records (first row: {first.evaluated_on}); "
+        "perplexity is its exp. These are `evaluate.py`'s figures; each run's are in `evaluation-<size>.json`.",
+        "- epochs: epochs trained, and the epoch of the best val/loss; wall time: training epochs with their "
+        "validation, from the run's `metrics.csv`; tokens/s: predicted training characters per second of "
+        "training steps.",
+        f"- sample statistics over {num_samples:,} names sampled at temperature 1 (seed {sample_seed}; all of "
+        "them in `samples-<size>.txt`): new = in neither split of the data file; copies = reproduce a training "
+        "name; val matches = reproduce a validation name the model never trained on; copy excess = (copies / "
+        "val matches) / (|train| / |val|), 1.00 meaning no more copying than generalisation explains (a model "
+        "that learned the distribution and memorised nothing reproduces train and validation names in "
+        "proportion to their counts); duplicates = repeat an earlier sample; first-letter TV = total-variation "
+        "distance to the data's first-letter distribution (the same number of names drawn from the data "
+        f"itself gives {first.samples.first_letter_tv_noise:.3f}: sampling noise alone).",
+        f"- machine: {machine()}.",
+    ]
+
+
+def machine() -> str:
+    """The CPU (and GPU) this report was made on, in a few words."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} logical cores, {gpu}; torch {torch.__version__}"
 
 
 README_START = "<!-- compare:start -->"

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -130,6 +130,7 @@ class SampleStats:
     data_mean_len: float
     first_letter_tv: float
     first_letter_tv_noise: float  # mean TV of n names drawn from the data itself: the noise floor at this n
+    copy_excess: float  # (train_copy / val_only) / (|train| / |val|): 1.0 = no more copying than generalising
 
 
 def first_letter_distribution(names: list[str]) -> dict[str, float]:
@@ -171,6 +172,7 @@ def sample_stats(samples: list[str], train: list[str], val: list[str]) -> Sample
         data_mean_len=sum(map(len, data)) / len(data) if data else float("nan"),
         first_letter_tv=total_variation(first_letter_distribution(samples), first_letter_distribution(data)),
         first_letter_tv_noise=tv_noise_floor(data, n) if data else float("nan"),
+        copy_excess=(in_train / in_val_only) / (len(train) / len(val)) if in_val_only and val else float("nan"),
     )
 
 
@@ -220,9 +222,10 @@ class Evaluation:
     likelihood: Likelihood
     samples: SampleStats
     examples: list[str]
+    names: list[str] = field(default_factory=list, repr=False)  # every sample drawn (not in to_dict)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "names"}
 
 
 def evaluate_checkpoint(
@@ -256,6 +259,7 @@ def evaluate_checkpoint(
         likelihood=likelihood,
         samples=sample_stats(samples, split.train, split.val),
         examples=samples[:n_examples],
+        names=samples,
     )
 
 
@@ -267,6 +271,8 @@ def format_evaluation(ev: Evaluation) -> str:
         f"NLL/char       {lk.nll:.4f} nats   perplexity {lk.ppl:.3f}",
         f"samples        {s.n:,}: new {s.new:.1%}, copy a training name {s.train_copy:.1%}, "
         f"match a validation name {s.val_only:.1%}, duplicates {s.duplicate:.1%}, empty {s.empty:.1%}",
+        f"copy excess    {s.copy_excess:.2f} ((copies / validation matches) / (|train| / |val|); 1.00 = no more "
+        "copying than generalisation explains)",
         f"length         mean {s.mean_len:.2f} (data {s.data_mean_len:.2f})",
         f"first letter   total variation {s.first_letter_tv:.3f} from the data's distribution "
         f"({s.n:,} names drawn from the data itself: {s.first_letter_tv_noise:.3f})",

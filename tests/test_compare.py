@@ -145,7 +145,7 @@ def test_a_run_cut_short_says_so_in_the_epochs_column():
     from namegen.evaluate import Evaluation, Likelihood, SampleStats
 
     stats = SampleStats(n=10, new=0.9, train_copy=0.1, val_only=0.0, duplicate=0.0, empty=0.0, mean_len=6.0,
-                        data_mean_len=6.1, first_letter_tv=0.1, first_letter_tv_noise=0.2)
+                        data_mean_len=6.1, first_letter_tv=0.1, first_letter_tv_noise=0.2, copy_excess=float("nan"))
     ev = Evaluation(checkpoint="x/best.ckpt", size="medium", parameters=675_996, config={"max_epochs": 40},
                     evaluated_on="v", likelihood=Likelihood(nll=2.0, ppl=math.exp(2.0), n_names=5, n_chars=30),
                     samples=stats, examples=["ann"] * 10)

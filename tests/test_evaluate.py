@@ -94,6 +94,7 @@ def test_sample_stats_on_hand_made_names():
     assert s.val_only == pytest.approx(1 / 8)  # zoe
     assert s.new == pytest.approx(4 / 8)  # kai x3, bo
     assert s.new + s.train_copy + s.val_only == pytest.approx(1.0)
+    assert s.copy_excess == pytest.approx((3 / 1) / (4 / 3))  # copies / val matches, over |train| / |val|
     assert s.duplicate == pytest.approx(1 - 5 / 8)  # distinct: emma, zoe, ava, kai, bo
     assert s.empty == 0.0
     assert s.mean_len == pytest.approx((4 + 4 + 3 + 3 + 3 + 3 + 3 + 2) / 8)
