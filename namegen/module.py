@@ -113,8 +113,9 @@ class NameGenModule(pl.LightningModule):
 
     def _diverged(self, message: str) -> TrainingDiverged:
         """The one-line error for a run that stopped at this step, saying which checkpoints are kept."""
-        cb = self._trainer.checkpoint_callback if self._trainer is not None else None
-        kept = [Path(p).name for p in (cb.best_model_path, cb.last_model_path) if p and Path(p).exists()] if cb else []
+        callbacks = self._trainer.checkpoint_callbacks if self._trainer is not None else []
+        kept = sorted({Path(p).name for cb in callbacks for p in (cb.best_model_path, cb.last_model_path)
+                       if p and Path(p).exists()})
         kept = (f"{' and '.join(kept)} {'are' if len(kept) > 1 else 'is'} from before it" if kept
                 else "no checkpoint had been written yet")
         hint = "lower --lr" + ("" if str(self._trainer and self.trainer.precision).startswith(("32", "64"))

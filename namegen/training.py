@@ -288,8 +288,12 @@ def build_trainer(plan: RunPlan, opts: TrainOptions, n_params: int) -> tuple[pl.
                             mode=plan.wandb_mode or "offline", group=opts.wandb_group,
                             run_id=saved.get("wandb_run_id"), resume_at=resume_at)
     checkpoint = ModelCheckpoint(dirpath=plan.out_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
-                                 save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
-    callbacks: list[pl.Callback] = [checkpoint, SampleTable(), RunClock(), ModelArtifact(checkpoint)]
+                                 auto_insert_metric_name=False, enable_version_counter=False)
+    # last.ckpt every epoch, improving or not: what --resume continues from. (ModelCheckpoint's own
+    # save_last writes it, since Lightning 2.6, only in epochs that also wrote best.ckpt.)
+    last = ModelCheckpoint(dirpath=plan.out_dir, filename="last", monitor=None, save_top_k=1,
+                           auto_insert_metric_name=False, enable_version_counter=False)
+    callbacks: list[pl.Callback] = [checkpoint, last, SampleTable(), RunClock(), ModelArtifact(checkpoint)]
     progress_bar = sys.stdout.isatty()  # a log file (CI, > file) gets one line per epoch, not bar redraws
     if not progress_bar:
         callbacks.append(EpochLine())

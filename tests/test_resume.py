@@ -219,3 +219,17 @@ def test_resume_errors_are_one_line(finished_run, tmp_path, capsys):
         (line,) = [ln for ln in err.splitlines() if ln.startswith("error: ")]
         assert needle in line, line
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_last_ckpt_is_written_every_epoch_also_when_val_loss_gets_worse(names_file, tmp_path):
+    """--resume continues the last epoch, not the best one (Lightning 2.6's save_last skips epochs
+    that do not improve; namegen keeps a last.ckpt of its own)."""
+    few = tmp_path / "few.txt"  # 48 training names: memorised within a few epochs, then val/loss rises
+    few.write_text("\n".join(names_file.read_text().splitlines()[:60]) + "\n")
+    out = tmp_path / "run"
+    argv = ["--data", few, "--out", out, "--max-epochs", "30", "--limit-train-batches", "1",
+            "--limit-val-batches", "1", "--lr", "0.05", "--accelerator", "cpu", "--logger", "none"]
+    assert run("train", argv) == 0
+    best = torch.load(out / "best.ckpt", weights_only=True)["epoch"]
+    assert best < 29, "precondition: this recipe overfits, so the best epoch is not the last"
+    assert torch.load(out / "last.ckpt", weights_only=True)["epoch"] == 29
