@@ -340,3 +340,16 @@ def test_wandb_online_with_no_network_stops_before_anything_is_written(names_fil
                    "--wandb-mode", "online", cwd=tmp_path)
     assert_one_line_error(proc.returncode, proc.stderr, "--wandb-mode:", "cannot be reached", "--wandb-mode offline")
     assert not out.exists()
+
+
+def test_a_wandb_run_that_cannot_start_stops_before_training(names_file, tmp_path, capsys):
+    """A real W&B failure: its run directory cannot be made (a file stands where it goes)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "wandb").write_text("not a directory")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    argv = ["--data", names_file, "--out", out, *TINY[:-2], "--logger", "wandb", "--wandb-mode", "offline"]
+    code, stdout, err = call("train", argv, capsys)
+    assert_one_line_error(code, err, "--logger:", "W&B could not start its run", "--logger csv")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no lock, no checkpoint, nothing
+    assert "epoch" not in stdout
