@@ -82,6 +82,7 @@ class RunClock(pl.Callback):
             },
             on_step=False,
             on_epoch=True,
+            sync_dist=True,  # the same on every rank already (tokens are summed above): says so to Lightning
         )
 
     def state_dict(self) -> dict:

@@ -79,9 +79,12 @@ def build_loggers(kind: str, out_dir: Path, run_name: str, config: dict, mode: s
     loggers: list[Logger] = [HistoryCSVLogger(out_dir, resume_at=resume_at)]
     if kind == "wandb":
         os.environ.setdefault("WANDB_SILENT", "true")
-        loggers.append(WandbLogger(project=WANDB_PROJECT, name=run_name, group=group, job_type="train",
-                                   save_dir=str(out_dir), offline=mode != "online", mode=mode, config=config, id=run_id,
-                                   resume="allow" if run_id else None))
+        wandb_logger = WandbLogger(project=WANDB_PROJECT, name=run_name, group=group, job_type="train",
+                                   save_dir=str(out_dir), offline=mode != "online", mode=mode, config=config,
+                                   id=run_id, resume="allow" if run_id else None)
+        # Lightning always passes anonymous=None, which W&B 0.31 answers with a deprecation warning
+        wandb_logger._wandb_init.pop("anonymous", None)
+        loggers.append(wandb_logger)
     return loggers
 
 

@@ -165,7 +165,8 @@ def plan_run(opts: TrainOptions) -> RunPlan:
     if opts.accelerator in ("gpu", "cuda"):
         check_device("cuda", about="accelerator")
     plan = _plan_resume(opts) if opts.resume is not None else _plan_fresh(opts)
-    runlock.check_free(plan.out_dir)  # before the next check, so the message names the live run
+    if rank_zero_only.rank == 0:  # DDP's other processes start while rank 0 holds the directory
+        runlock.check_free(plan.out_dir)  # before the next check, so the message names the live run
     existing = [p for p in (plan.out_dir / "best.ckpt", plan.out_dir / "last.ckpt") if p.exists()]
     in_place = plan.resume_path is not None and plan.out_dir.resolve() == plan.resume_path.parent.resolve()
     if existing and not opts.overwrite and not in_place:
