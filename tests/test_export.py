@@ -7,7 +7,6 @@ as ``NameGenerator.score`` does.
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import subprocess

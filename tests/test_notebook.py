@@ -6,15 +6,12 @@ parameter, gate biases and LayerNorm included, so a mis-mapped tensor shows).
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import notebook_transcript as nb
-from conftest import ROOT, run_cli
+from conftest import run_cli
 from namegen.api import NameGenerator
 from namegen.api import load_model as load_checkpoint
 from cli_helpers import run
