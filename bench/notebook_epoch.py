@@ -1,7 +1,7 @@
 """One epoch of the notebook's own training loop, timed; bench/speed.py runs it in a fresh process.
 
-    python bench/notebook_epoch.py --size small --data ../shared/names.txt
-    python bench/notebook_epoch.py --size large --data ../shared/names.txt --limit-batches 20
+    python bench/notebook_epoch.py --size small --data namegen/assets/names.txt
+    python bench/notebook_epoch.py --size large --data namegen/assets/names.txt --limit-batches 20
 
 The notebook's data preparation (pad every name to the longest, 80/20 split,
 TensorDataset + DataLoader(shuffle=True)), its model, optimizer and loss for the

@@ -219,8 +219,8 @@ def parse_args(argv):
     p.add_argument("--max-load", type=float, default=0.5,
                    help="busy if the 1-minute load is above this before the run, or above cores + this after "
                         "(default 0.5)")
-    p.add_argument("--data", default=str(ROOT.parent / "shared" / "names.txt"),
-                   help="names file (default: ../shared/names.txt, else the names.txt shipped in namegen/assets)")
+    p.add_argument("--data", default=str(ROOT / "namegen" / "assets" / "names.txt"),
+                   help="names file (default: the names.txt shipped in namegen/assets)")
     p.add_argument("--notebook-batch-size", type=int, default=64,
                    help="the notebook's batch size (default 64: what its code ran, one DataLoader for every size; "
                         "its table says 128/128/256)")
@@ -229,8 +229,6 @@ def parse_args(argv):
     args.sizes = ["small"] if args.quick else [s.strip() for s in args.sizes.split(",") if s.strip()]
     if bad := [s for s in args.sizes if s not in SIZES]:
         p.error(f"unknown size(s) {bad}; choose from {SIZES}")
-    if not Path(args.data).exists():
-        args.data = str(ROOT / "namegen" / "assets" / "names.txt")
     args.data = str(Path(args.data).resolve())
     return args
 

@@ -133,9 +133,9 @@ def run(command: str, handler, args: argparse.Namespace) -> int:
 
 def add_train_arguments(p: Parser) -> None:
     p.description = ("Train a GRU name generator with the Lightning Trainer. Hyperparameters come from "
-                     "namegen/configs/<model>.yaml; the flags below override them.")
+                     "configs/<model>.yaml; the flags below override them.")
     p.add_argument("--model", default=None,
-                   help=f"size to train: {', '.join(SIZES)} (reads namegen/configs/<size>.yaml), or a path to a "
+                   help=f"size to train: {', '.join(SIZES)} (reads configs/<size>.yaml), or a path to a "
                         "config .yaml (default: small)")
     p.add_argument("--data", default=None,
                    help="names file, UTF-8, one name per line (default: makemore's names.txt, shipped with namegen)")

@@ -1,4 +1,4 @@
-"""Model and training configuration: one YAML file per size in ``namegen/configs/``.
+"""Model and training configuration: one YAML file per size in the top-level ``configs/``.
 
 A config carries every column of the notebook's table plus the parts of the
 training recipe that namegen adds (weight decay, learning-rate schedule,
@@ -22,7 +22,18 @@ import yaml
 
 from namegen.errors import UserError
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def _config_dir() -> Path:
+    """``configs/`` at the top of a checkout; in an installed namegen, the same files shipped as
+    package data (``pyproject.toml`` maps ``configs/`` to ``namegen/configs`` in the build)."""
+    checkout = Path(__file__).resolve().parent.parent / "configs"
+    if (checkout / "small.yaml").is_file():
+        return checkout
+    return Path(__file__).resolve().parent / "configs"
+
+
+CONFIG_DIR = _config_dir()
 SIZES = ("small", "medium", "large")
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine")
@@ -117,7 +128,7 @@ def run_name_of(size_or_path: str) -> str:
 
 
 def load_config(size_or_path: str) -> Config:
-    """Load ``namegen/configs/<size>.yaml``, or a YAML file given by path."""
+    """Load ``configs/<size>.yaml``, or a YAML file given by path."""
     path = Path(size_or_path)
     if size_or_path in SIZES:
         path = CONFIG_DIR / f"{size_or_path}.yaml"

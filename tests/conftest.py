@@ -15,7 +15,7 @@ import torch
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_NAMES = ROOT.parent / "shared" / "names.txt"
+SHIPPED_NAMES = ROOT / "namegen" / "assets" / "names.txt"  # makemore's names.txt, as the package ships it
 
 
 @pytest.fixture(autouse=True)
@@ -28,9 +28,8 @@ def _offline_wandb(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="session")
 def real_names() -> Path:
-    if not SHARED_NAMES.exists():
-        pytest.skip(f"{SHARED_NAMES} not present")
-    return SHARED_NAMES
+    """The real names.txt: the copy that ships in the package, so every test runs in a bare clone."""
+    return SHIPPED_NAMES
 
 
 @pytest.fixture
