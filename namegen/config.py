@@ -37,6 +37,10 @@ CONFIG_DIR = _config_dir()
 SIZES = ("small", "medium", "large")
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine")
+#: the dropout rates, each in [0, 1)
+DROPOUTS = ("dropout", "variational_dropout", "weight_drop", "embd_dropout", "layer_dropout")
+#: the keys that fix the model's shape and parameter count (a recipe search may not change them)
+ARCHITECTURE = ("n_layer", "n_embd", "n_hidden", "layer_norm")
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ class Config:
     n_layer: int  # stacked GRU layers
     n_embd: int  # character embedding width
     n_hidden: int  # GRU hidden-state width
-    dropout: float  # on each step's hidden state, inside the recurrence
+    dropout: float  # state dropout: each step's carried hidden state, a fresh mask per step (the notebook's)
     layer_norm: bool  # LayerNorm before the output head (large)
     # training recipe
     max_epochs: int
@@ -57,15 +61,22 @@ class Config:
     lr_schedule: str  # constant | cosine (annealed per step to lr * 0.1)
     grad_clip: float  # gradient-norm clipping, 0 = off
     early_stopping_patience: int  # epochs without val/loss improvement, 0 = off
-    seed: int = 42
+    seed: int = 42  # initialisation, shuffling and dropout masks (and the split, unless split_seed is set)
+    split_seed: int | None = None  # the 80/20 train/validation split; None: seed
+    # regularisation made for recurrent nets (namegen.model.Regularisation); 0 = off, the notebook's way
+    variational_dropout: float = 0.0  # one mask per name on the state entering the hidden matmuls
+    weight_drop: float = 0.0  # DropConnect on the hidden-to-hidden matrices, a fresh mask per batch
+    embd_dropout: float = 0.0  # on the embedding's output
+    layer_dropout: float = 0.0  # on each layer's output, into the next layer and the head
 
     def __post_init__(self) -> None:
         positive = ("n_layer", "n_embd", "n_hidden", "max_epochs", "batch_size", "block_size")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise UserError(f"config: {name} must be a positive integer, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"config: dropout must be in [0, 1), got {self.dropout}")
+        for name in DROPOUTS:
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise UserError(f"config: {name} must be in [0, 1), got {getattr(self, name)}")
         if self.lr <= 0:
             raise UserError(f"config: lr must be positive, got {self.lr}")
         if self.optimizer not in OPTIMIZERS:
@@ -76,6 +87,11 @@ class Config:
             )
         if self.weight_decay < 0 or self.grad_clip < 0 or self.early_stopping_patience < 0:
             raise UserError("config: weight_decay, grad_clip and early_stopping_patience must be >= 0")
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the train/validation split."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -107,6 +123,10 @@ class Config:
 
 def _coerce(value, expected: str, where: str):
     """Check a YAML value against a field's annotated type (annotations are strings here)."""
+    if expected.endswith(" | None"):
+        if value is None:
+            return None
+        expected = expected.removesuffix(" | None")
     if expected == "bool":
         if isinstance(value, bool):
             return value

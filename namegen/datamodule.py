@@ -29,11 +29,13 @@ class NamesDataModule(pl.LightningDataModule):
         block_size: int | None = None,
         group_by_length: bool = False,
         vocab: Vocab | None = None,
+        split_seed: int | None = None,
     ):
         super().__init__()
         self.path = Path(data)
         self.batch_size = batch_size
-        self.seed = seed
+        self.seed = seed  # shuffling
+        self.split_seed = seed if split_seed is None else split_seed  # the 80/20 split
         self.block_size = block_size
         self.group_by_length = group_by_length
         self.vocab = vocab
@@ -57,7 +59,7 @@ class NamesDataModule(pl.LightningDataModule):
                 about="data",
             )
         self.names = names
-        self.train_names, self.val_names = split_names(names, self.seed)
+        self.train_names, self.val_names = split_names(names, self.split_seed)
         self.train_set = NameBatches(*encode_names(self.train_names, self.vocab))
         self.val_set = NameBatches(*encode_names(self.val_names, self.vocab))
         trainer = getattr(self, "trainer", None)

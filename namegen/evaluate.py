@@ -111,7 +111,7 @@ def checkpoint_data(loaded: LoadedModel, data: str | Path | None = None) -> Chec
     """
     path = find_training_file(loaded.meta.get("data"), data, owner=str(loaded.path or "this checkpoint"))
     names = read_names(path)
-    train, val = split_names(names, loaded.config.seed)
+    train, val = split_names(names, loaded.config.data_seed)
     return CheckpointData(path=path, names=names, train=train, val=val)
 
 
@@ -245,7 +245,7 @@ def evaluate_checkpoint(
     if data is not None:
         names, where = read_names(data), f"{data} (all names)"
     else:
-        names, where = split.val, f"validation split of {split.path} (seed {loaded.config.seed})"
+        names, where = split.val, f"validation split of {split.path} (seed {loaded.config.data_seed})"
     likelihood = evaluate_nll(loaded, names, device=device, progress=progress)
     max_len = stats_max_len(loaded, split)
     samples = draw_samples(loaded, num_samples, seed=seed, max_len=max_len, temperature=temperature,

@@ -254,7 +254,7 @@ def build_data(plan: RunPlan, opts: TrainOptions) -> NamesDataModule:
     """The data module, set up (so a bad file fails before the Trainer starts)."""
     datamodule = NamesDataModule(plan.data_path, batch_size=plan.config.batch_size, seed=plan.config.seed,
                                  block_size=plan.config.block_size, group_by_length=opts.group_by_length,
-                                 vocab=plan.vocab)
+                                 vocab=plan.vocab, split_seed=plan.config.data_seed)
     datamodule.setup("fit")
     saved_sha = ((plan.resume_ckpt or {}).get("namegen", {}).get("data") or {}).get("sha256")
     if saved_sha and saved_sha != datamodule.sha256:
