@@ -1,4 +1,4 @@
-"""The command line: ``namegen {train,sample,evaluate,compare,convert,export}`` (also
+"""The command line: ``namegen {train,sample,evaluate,compare,tune,convert,export}`` (also
 ``python -m namegen``; ``train.py``, ``sample.py``, ``evaluate.py`` and ``compare.py``
 run one subcommand each).
 
@@ -89,7 +89,8 @@ def devices(text: str):
 FLAGS = {
     "data": "--data", "ckpt": "--ckpt", "resume": "--resume", "model": "--model", "out": "--out",
     "logger": "--logger", "labels": "--labels", "update_readme": "--update-readme", "train": "--train",
-    "wandb_mode": "--wandb-mode", "precision": "--precision",
+    "wandb_mode": "--wandb-mode", "precision": "--precision", "space": "--space", "storage": "--storage",
+    "limit_val_batches": "--limit-val-batches",
 }
 COMMAND_FLAGS = {"sample": {"train_data": "--data"}, "evaluate": {"train_data": "--train-data"}}
 #: argument names of the Python API that sample.py spells as flags
@@ -417,6 +418,69 @@ def compare_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- tune
+
+
+def add_tune_arguments(p: Parser) -> None:
+    p.description = ("Search one size's training recipe with Optuna (TPE sampler, median pruning on each epoch's "
+                     "val/loss). The space is configs/search/<model>.yaml; every trial is a normal training run in "
+                     "<runs-dir>/<study>/trial-NNNN. Running the same command again continues the study. Writes "
+                     "reports/<date>/tune-<study>.md, the best recipe as a ready config, and Optuna's plots.")
+    p.add_argument("--model", default="small", help=f"size whose recipe is searched: {', '.join(SIZES)} "
+                   "(default: small)")
+    p.add_argument("--space", default=None, help="search-space YAML (default: configs/search/<model>.yaml)")
+    p.add_argument("--trials", type=positive_int, default=40,
+                   help="finished (complete or pruned) trials the study should hold; trials run until it does "
+                        "(default: 40)")
+    p.add_argument("--timeout", type=positive_float, default=None,
+                   help="seconds after which no new trial starts (the running one finishes)")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage: a database URL (sqlite:///..., postgresql://..., mysql://...) or a journal "
+                        "file ending in .journal; many processes or machines can share one study through it "
+                        "(default: sqlite:///<runs-dir>/optuna.db)")
+    p.add_argument("--study", default=None, help="study name (default: the model's name)")
+    p.add_argument("--runs-dir", default="runs/tune", help="where trials run, as <runs-dir>/<study>/trial-NNNN "
+                   "(default: runs/tune)")
+    p.add_argument("--reports-dir", default="reports", help="the report goes to <reports-dir>/<date>/ "
+                   "(default: reports)")
+    p.add_argument("--date", default=None, help="name of the report's folder (default: today's UTC date)")
+    p.add_argument("--sampler-seed", type=int, default=None,
+                   help="seed of the TPE sampler (default: none; processes sharing a study need different seeds)")
+    t = p.add_argument_group("passed to every trial's training run")
+    t.add_argument("--data", default=None, help="names file (default: the shipped names.txt)")
+    t.add_argument("--max-epochs", type=positive_int, default=None,
+                   help="epochs of every trial, overriding the searched max_epochs (smoke runs)")
+    t.add_argument("--limit-train-batches", type=int_or_float, default=None,
+                   help="batches per epoch (int) or fraction (float), for quick runs")
+    t.add_argument("--limit-val-batches", type=int_or_float, default=None,
+                   help="validation batches (int) or fraction (float)")
+    t.add_argument("--accelerator", default="auto", help="auto, cpu or gpu (default: auto)")
+    t.add_argument("--precision", default=None, help="as train's --precision (default: train's)")
+    t.add_argument("--logger", choices=("wandb", "csv", "none"), default="csv",
+                   help="csv (default): metrics.csv per trial; wandb: also a W&B run per trial, grouped by study")
+    t.add_argument("--wandb-mode", choices=("offline", "online"), default=None,
+                   help="offline (default) or online (needs `wandb login`)")
+
+
+def tune_command(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: sampling and conversion never pay for importing Lightning and Optuna.
+    from namegen.training import TrainOptions
+    from namegen.tune import TuneOptions, tune
+
+    training = TrainOptions(**{f.name: getattr(args, f.name) for f in fields(TrainOptions) if hasattr(args, f.name)
+                               and f.name not in ("model", "out")}, wandb_group=f"tune-{args.study or args.model}")
+    try:
+        tune(TuneOptions(model=args.model, space=args.space, trials=args.trials, timeout=args.timeout,
+                         storage=args.storage, study=args.study, runs_dir=Path(args.runs_dir),
+                         reports_dir=Path(args.reports_dir), date=args.date, sampler_seed=args.sampler_seed,
+                         training=training))
+    except Interrupted:
+        print("interrupted: the running trial is marked failed; run the same command again to continue the study",
+              file=sys.stderr)
+        return INTERRUPTED
+    return 0
+
+
 # ----------------------------------------------------------------------------- convert
 
 
@@ -466,6 +530,7 @@ COMMANDS = {
     "evaluate": (add_evaluate_arguments, evaluate_command, "NLL, perplexity and sample statistics of a checkpoint",
                  "evaluate.py"),
     "compare": (add_compare_arguments, compare_command, "train and/or evaluate sizes, write a report", "compare.py"),
+    "tune": (add_tune_arguments, tune_command, "search a size's training recipe with Optuna", "python -m namegen tune"),
     "convert": (add_convert_arguments, convert_command, "convert a notebook .pth into a namegen checkpoint",
                 "python -m namegen convert"),
     "export": (add_export_arguments, export_command, "export a checkpoint to ONNX (runs without PyTorch)",

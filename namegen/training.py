@@ -68,6 +68,7 @@ class TrainOptions:
     wandb_mode: str | None = None
     wandb_group: str = "sizes"
     sample_command: str = "namegen sample"  # how the user samples, for the last line of the run
+    callbacks: list = field(default_factory=list)  # more Lightning callbacks (namegen tune's pruning)
 
 
 @dataclass
@@ -300,6 +301,7 @@ def build_trainer(plan: RunPlan, opts: TrainOptions, n_params: int) -> tuple[pl.
         callbacks.append(EpochLine())
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
+    callbacks += opts.callbacks
     if plan.config.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=plan.config.early_stopping_patience))
     kwargs = dict(

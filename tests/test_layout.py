@@ -17,7 +17,7 @@ from conftest import ROOT
 PACKAGE = ROOT / "namegen"
 CORE = {"errors", "config", "data", "model", "sampling", "checkpoint", "notebook", "api", "evaluate", "export"}
 LIGHTNING_LAYER = {"module", "datamodule", "callbacks", "loggers"}
-ORCHESTRATION = {"training", "compare", "runlock"}
+ORCHESTRATION = {"training", "compare", "runlock", "tune"}
 CLI = {"cli", "__main__", "__init__"}
 LAYER = {**{m: 0 for m in CORE}, **{m: 1 for m in LIGHTNING_LAYER}, **{m: 2 for m in ORCHESTRATION},
          **{m: 3 for m in CLI}}

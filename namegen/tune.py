@@ -1,0 +1,381 @@
+"""Search one size's training recipe with Optuna: ``namegen tune --model large --trials 40``.
+
+The search space is a YAML file (``configs/search/<size>.yaml``): the config a trial
+starts from, and for each recipe key (learning rate, schedule, epochs, batch size,
+weight decay, each dropout rate) how Optuna samples it. Architecture keys are refused:
+every trial has the size's parameter count. Optuna's TPE sampler proposes each trial
+from the earlier ones; its Lightning callback reports every epoch's val/loss, and the
+pruner stops a trial that trails the others at the same epoch.
+
+Every trial is a normal namegen run in ``<runs-dir>/<study>/trial-NNNN/`` (its config
+YAML, best.ckpt, last.ckpt, metrics.csv). The study lives in an Optuna storage: by
+default ``<runs-dir>/optuna.db`` (SQLite); ``--storage`` takes a database URL
+(PostgreSQL, MySQL: many machines on one study) or a journal file (``*.journal``,
+Optuna's JournalFileBackend: many processes on one shared disk). Running the same
+command again continues the study until it holds ``--trials`` finished trials; a trial
+whose process was killed is marked failed and the study goes on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import socket
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import optuna  # noqa: E402
+import yaml  # noqa: E402
+from optuna.storages import JournalStorage, RDBStorage  # noqa: E402
+from optuna.storages.journal import JournalFileBackend  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+from optuna_integration import PyTorchLightningPruningCallback  # noqa: E402
+from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
+
+from namegen.checkpoint import atomic_write  # noqa: E402
+from namegen.config import ARCHITECTURE, CONFIG_DIR, SIZES, Config, load_config  # noqa: E402
+from namegen.errors import TrainingDiverged, UserError  # noqa: E402
+from namegen.training import TrainOptions, display, train  # noqa: E402
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+KINDS = {"float": ("low", "high", "log", "step"), "int": ("low", "high", "log", "step"), "categorical": ("choices",)}
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # namegen says what each trial did, in its own lines
+
+
+# ----------------------------------------------------------------------------- the search space
+
+
+@dataclass
+class SearchSpace:
+    """A parsed ``configs/search/*.yaml``."""
+
+    path: Path
+    base: Config  # every trial starts from it
+    base_name: str  # a size, or the base config's path as written in the file
+    params: dict[str, dict]  # recipe key -> {"type": float|int|categorical, ...}
+    pruner: dict = field(default_factory=dict)  # MedianPruner's arguments
+    sampler: dict = field(default_factory=dict)  # TPESampler's arguments
+    enqueue: list[dict] = field(default_factory=list)  # trials to run first in a new study
+
+    def config_for(self, params: dict) -> Config:
+        return self.base.replace(**params)
+
+
+def search_space_path(model: str, space: str | None) -> Path:
+    if space is not None:
+        return Path(space)
+    if model in SIZES:
+        return CONFIG_DIR / "search" / f"{model}.yaml"
+    raise UserError(f"{model!r} is not a size ({', '.join(SIZES)}); give the search space with --space FILE",
+                    about="model")
+
+
+def load_search_space(path: Path) -> SearchSpace:
+    """Read and check a search-space file; every problem is one line naming the file and key."""
+    if not path.is_file():
+        raise UserError(f"search space {path} not found", about="space")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})", about="space") from None
+    unknown = sorted(set(raw) - {"base", "params", "pruner", "sampler", "enqueue"})
+    if unknown or not isinstance(raw.get("params"), dict) or not raw["params"]:
+        raise UserError(f"{path}: expected keys base, params (a mapping), pruner, sampler, enqueue"
+                        + (f"; unknown: {', '.join(unknown)}" if unknown else ""), about="space")
+    base_name = str(raw.get("base", "small"))
+    base_path = base_name if base_name in SIZES else str((path.parent / base_name))
+    base = load_config(base_path)
+    for key, spec in raw["params"].items():
+        _check_param(path, key, spec, base)
+    enqueue = raw.get("enqueue") or []
+    for point in enqueue:
+        if not isinstance(point, dict) or set(point) - set(raw["params"]):
+            raise UserError(f"{path}: each enqueue entry maps searched keys to values, got {point!r}", about="space")
+    return SearchSpace(path, base, base_name, raw["params"], raw.get("pruner") or {}, raw.get("sampler") or {},
+                       enqueue)
+
+
+def _check_param(path: Path, key: str, spec, base: Config) -> None:
+    if key in ARCHITECTURE:
+        raise UserError(f"{path}: {key} is an architecture key; a recipe search keeps the size's architecture "
+                        f"({', '.join(ARCHITECTURE)}) and parameter count", about="space")
+    if key not in base.to_dict() or key in ("seed", "split_seed", "block_size"):
+        raise UserError(f"{path}: {key} is not a recipe key of a config", about="space")
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    if kind not in KINDS or set(spec) - {"type", *KINDS[kind]}:
+        raise UserError(f"{path}: {key}: expected {{type: float|int|categorical, ...}} with low/high[/log/step] or "
+                        f"choices, got {spec!r}", about="space")
+    if kind == "categorical" and not (isinstance(spec.get("choices"), list) and spec["choices"]):
+        raise UserError(f"{path}: {key}: categorical needs a non-empty list of choices", about="space")
+    if kind != "categorical" and not ("low" in spec and "high" in spec and spec["low"] <= spec["high"]):
+        raise UserError(f"{path}: {key}: needs low <= high", about="space")
+
+
+def suggest(trial: optuna.Trial, space: SearchSpace) -> dict:
+    """One value per searched key, from Optuna's sampler."""
+    values = {}
+    for key, spec in space.params.items():
+        args = {k: v for k, v in spec.items() if k != "type"}
+        if spec["type"] == "categorical":
+            values[key] = trial.suggest_categorical(key, args["choices"])
+        elif spec["type"] == "int":
+            values[key] = trial.suggest_int(key, **args)
+        else:
+            values[key] = trial.suggest_float(key, **args)
+    return values
+
+
+# ----------------------------------------------------------------------------- the study
+
+
+def open_storage(storage: str | None, runs_dir: Path):
+    """An Optuna storage: a journal file (``*.journal``), a database URL, or the default SQLite file."""
+    if storage is None:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        storage = f"sqlite:///{runs_dir / 'optuna.db'}"
+    if storage.endswith(".journal") and "://" not in storage:
+        Path(storage).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(storage)), storage
+    try:  # a heartbeat lets any process see that a trial's process died (database storages)
+        return RDBStorage(storage, heartbeat_interval=60, grace_period=180), storage
+    except (ValueError, ImportError, SQLAlchemyError) as exc:  # a bad URL, no driver, no server
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot open Optuna storage {storage} ({first[:200]}); give a database URL such as "
+                        f"sqlite:///runs/tune/optuna.db or a file ending in .journal", about="storage") from None
+
+
+def open_study(storage, name: str, space: SearchSpace, sampler_seed: int | None) -> optuna.Study:
+    """Create the study, or load it to continue; a new study first runs the space's ``enqueue`` points."""
+    sampler = optuna.samplers.TPESampler(seed=sampler_seed, **space.sampler)
+    pruner = optuna.pruners.MedianPruner(**space.pruner)
+    study = optuna.create_study(storage=storage, study_name=name, direction="minimize", sampler=sampler,
+                                pruner=pruner, load_if_exists=True)
+    if not study.user_attrs:
+        study.set_user_attr("space", space.path.as_posix())
+        study.set_user_attr("base", space.base_name)
+        for point in space.enqueue:
+            study.enqueue_trial(point, skip_if_exists=True)
+    return study
+
+
+def fail_dead_trials(study: optuna.Study) -> list[int]:
+    """Mark failed the running trials whose process, on this machine, is gone (killed): their numbers."""
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        host, pid = trial.user_attrs.get("host"), trial.user_attrs.get("pid")
+        if host == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
+            if study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                failed.append(trial.number)
+    optuna.storages.fail_stale_trials(study)  # other machines' trials, where the storage keeps heartbeats
+    return failed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()
+
+
+def finished_trials(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+# ----------------------------------------------------------------------------- trials
+
+
+@dataclass
+class TuneOptions:
+    """What ``namegen tune`` asks for. ``training`` carries the flags passed to every trial's run."""
+
+    model: str = "small"  # the size whose recipe is searched (or a config, with ``space``)
+    space: str | None = None  # search-space YAML; default configs/search/<model>.yaml
+    trials: int = 40  # the study's target of finished (complete or pruned) trials
+    timeout: float | None = None  # seconds; no new trial starts after it
+    storage: str | None = None  # Optuna storage; default sqlite:///<runs-dir>/optuna.db
+    study: str | None = None  # default: the model's name
+    runs_dir: Path = Path("runs/tune")
+    reports_dir: Path = Path("reports")
+    date: str | None = None
+    sampler_seed: int | None = None
+    training: TrainOptions = field(default_factory=TrainOptions)
+
+
+class Objective:
+    """One trial: the sampled recipe as a config file, trained as a normal namegen run; its best val/loss."""
+
+    def __init__(self, space: SearchSpace, study_dir: Path, training: TrainOptions):
+        self.space, self.study_dir, self.training = space, study_dir, training
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        config = self.space.config_for(suggest(trial, self.space))
+        run_dir = self.study_dir / f"trial-{trial.number:04d}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config_file = run_dir / f"trial-{trial.number:04d}.yaml"
+        config_file.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+        trial.set_user_attr("run_dir", run_dir.as_posix())
+        print(f"namegen tune: trial {trial.number}: {_params_line(trial.params)}", flush=True)
+        opts = TrainOptions(**{**vars(self.training), "model": str(config_file), "out": run_dir, "overwrite": True,
+                               "callbacks": [PyTorchLightningPruningCallback(trial, monitor="val/loss")]})
+        result = train(opts)
+        trial.set_user_attr("epochs", result.epochs)
+        trial.set_user_attr("wall_s", round(result.elapsed_s, 1))
+        if result.best_score is None or not math.isfinite(result.best_score):
+            raise UserError(f"trial {trial.number} ran no validation (see --limit-val-batches)", about="limit_val_batches")
+        return result.best_score
+
+
+def _params_line(params: dict) -> str:
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in params.items())
+
+
+def tune(opts: TuneOptions) -> optuna.Study:
+    """Open (or continue) the study, run trials until it holds ``opts.trials`` finished ones, write the report."""
+    space = load_search_space(search_space_path(opts.model, opts.space))
+    name = opts.study or (opts.model if opts.model in SIZES else Path(opts.model).stem)
+    storage, url = open_storage(opts.storage, opts.runs_dir)
+    study = open_study(storage, name, space, opts.sampler_seed)
+    for number in fail_dead_trials(study):
+        print(f"namegen tune: trial {number} was running in a process that is gone; marked failed", flush=True)
+    done = finished_trials(study)
+    print(f"namegen tune: study {name!r} in {url}: {done} finished trial(s), target {opts.trials}; "
+          f"space {_shown(space.path)}", flush=True)
+    if done < opts.trials:
+        stop = optuna.study.MaxTrialsCallback(opts.trials, states=FINISHED)
+        objective = Objective(space, opts.runs_dir / name, opts.training)
+        study.optimize(objective, timeout=opts.timeout, callbacks=[stop, _say_result],
+                       catch=(TrainingDiverged,), gc_after_trial=True)
+    write_report(study, space, opts, url)
+    return study
+
+
+def _say_result(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    state = trial.state.name.lower()
+    value = f" val/loss {trial.value:.4f}" if trial.value is not None else ""
+    best = f"; best so far {study.best_value:.4f} (trial {study.best_trial.number})" if _any_complete(study) else ""
+    print(f"namegen tune: trial {trial.number} {state}{value}{best}", flush=True)
+
+
+def _any_complete(study: optuna.Study) -> bool:
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def write_report(study: optuna.Study, space: SearchSpace, opts: TuneOptions, url: str) -> Path:
+    """``<reports-dir>/<date>/tune-<study>.md`` (every trial), ``-best.yaml`` (a ready config) and Optuna's plots."""
+    out = opts.reports_dir / (opts.date or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"))
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"tune-{study.study_name}"
+    lines = [f"# Recipe search: {study.study_name}", "", *_summary(study, space, url), ""]
+    best = _best(study)
+    if best is not None:
+        config = space.config_for(best.params)
+        header = (f"# {study.study_name}: best recipe of the Optuna study (trial {best.number}, best val/loss "
+                  f"{best.value:.4f} in the search run); architecture as {space.base_name}\n")
+        text = header + yaml.safe_dump(config.to_dict(), sort_keys=False)
+        _write(out / f"{stem}-best.yaml", text.encode())
+        lines += [f"Best recipe, ready to train: [{stem}-best.yaml]({stem}-best.yaml) "
+                  f"(`namegen train --model {display(out / f'{stem}-best.yaml')}`)", ""]
+    for kind, title in (("history", "Optimisation history"), ("importances", "Parameter importances"),
+                        ("intermediate", "val/loss per epoch of every trial (pruned ones stop early)")):
+        if _plot(study, kind, out / f"{stem}-{kind}.png"):
+            lines += [f"## {title}", "", f"![{kind}]({stem}-{kind}.png)", ""]
+    lines += ["## Trials", "", *_trial_table(study)]
+    report = _write(out / f"{stem}.md", ("\n".join(lines) + "\n").encode())
+    print(f"namegen tune: report in {display(report)}", flush=True)
+    return report
+
+
+def _best(study: optuna.Study):
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return min(complete, key=lambda t: t.value) if complete else None
+
+
+def _summary(study: optuna.Study, space: SearchSpace, url: str) -> list[str]:
+    counts = {s: len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
+    shown_url = url if "://" in url and not url.startswith("sqlite") else display(url.removeprefix("sqlite:///"))
+    space_path = _shown(space.path)
+    space_lines = [f"  - `{k}`: {_describe(spec)}" for k, spec in space.params.items()]
+    return [f"- storage: `{shown_url}`; search space: `{space_path}` (base config: {space.base_name})",
+            f"- trials: {counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
+            f"{counts[TrialState.FAIL]} failed, {counts[TrialState.RUNNING]} running",
+            f"- sampler: TPE {space.sampler or ''}; pruner: median, on each epoch's val/loss {space.pruner or ''}",
+            "- space:", *space_lines]
+
+
+def _shown(path: Path) -> str:
+    """A path as the report names it: relative to the current directory, or to the configs' folder's parent."""
+    shown = display(path)
+    if Path(shown).is_absolute() and path.resolve().is_relative_to(CONFIG_DIR.resolve()):
+        return (Path("configs") / path.resolve().relative_to(CONFIG_DIR.resolve())).as_posix()
+    return shown
+
+
+def _describe(spec: dict) -> str:
+    if spec["type"] == "categorical":
+        return "one of " + ", ".join(map(str, spec["choices"]))
+    scale = " (log scale)" if spec.get("log") else f" (step {spec['step']})" if spec.get("step") else ""
+    return f"{spec['type']} {spec['low']} to {spec['high']}{scale}"
+
+
+def _trial_table(study: optuna.Study) -> list[str]:
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: (t.value is None, t.value or 0, t.number))
+    keys = sorted({k for t in trials for k in t.params})
+    rows = ["| trial | state | best val/loss | epochs | wall time | " + " | ".join(keys) + " |",
+            "|" + "---|" * (5 + len(keys))]
+    for t in trials:
+        value = f"{t.value:.4f}" if t.value is not None else (
+            f"({min(t.intermediate_values.values()):.4f})" if t.intermediate_values else "")
+        epochs = t.user_attrs.get("epochs", len(t.intermediate_values) or "")
+        wall = f"{t.user_attrs['wall_s'] / 60:.1f} min" if "wall_s" in t.user_attrs else ""
+        cells = [_cell(t.params.get(k)) for k in keys]
+        rows.append(f"| {t.number} | {t.state.name.lower()} | {value} | {epochs} | {wall} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def _cell(value) -> str:
+    return "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _plot(study: optuna.Study, kind: str, path: Path) -> bool:
+    """One of Optuna's matplotlib plots into ``path``; False when the study has too few trials for it."""
+    vis = optuna.visualization.matplotlib
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete or (kind == "importances" and len(complete) < 2):
+        return False
+    draw = {"history": vis.plot_optimization_history, "importances": vis.plot_param_importances,
+            "intermediate": vis.plot_intermediate_values}[kind]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            ax = draw(study)
+    except (ValueError, RuntimeError):  # e.g. importances of parameters that never varied
+        return False
+    figure = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+    figure.set_size_inches(8, 5)
+    figure.tight_layout()
+    _write(path, lambda f: figure.savefig(f, format="png", dpi=100))
+    plt.close(figure)
+    return True
+
+
+def _write(path: Path, data) -> Path:
+    """Write a report file atomically; ``data``: bytes, or a function writing to a binary file."""
+    try:
+        return atomic_write(path, data if callable(data) else (lambda f: f.write(data)))
+    except OSError as exc:
+        raise UserError(f"cannot write {display(path)}: {exc.strerror or exc}") from None
