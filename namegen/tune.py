@@ -144,7 +144,9 @@ def open_storage(storage: str | None, runs_dir: Path):
         Path(storage).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(storage)), storage
     try:  # a heartbeat lets any process see that a trial's process died (database storages)
-        return RDBStorage(storage, heartbeat_interval=60, grace_period=180), storage
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(storage, heartbeat_interval=60, grace_period=180), storage
     except (ValueError, ImportError, SQLAlchemyError) as exc:  # a bad URL, no driver, no server
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot open Optuna storage {storage} ({first[:200]}); give a database URL such as "
