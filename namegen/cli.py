@@ -145,8 +145,8 @@ def add_train_arguments(p: Parser) -> None:
     p.add_argument("--max-epochs", type=positive_int, help="epochs to train (default: the config's max_epochs)")
     p.add_argument("--batch-size", type=positive_int, help="names per batch (default: the config's batch_size)")
     p.add_argument("--lr", type=positive_float, help="peak learning rate (default: the config's lr)")
-    p.add_argument("--seed", type=int, help="seed for the train/validation split, initialisation and "
-                   "shuffling (default: the config's seed, 42)")
+    p.add_argument("--seed", type=int, help="seed for initialisation, shuffling and dropout masks, and for the "
+                   "train/validation split when the config sets no split_seed (default: the config's seed, 42)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace checkpoints from an earlier run in --out (without it, train.py refuses to)")
     p.add_argument("--resume", nargs="?", const="last", default=None, metavar="CKPT",
