@@ -46,7 +46,8 @@ from namegen.training import TrainOptions, display, train  # noqa: E402
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 KINDS = {"float": ("low", "high", "log", "step"), "int": ("low", "high", "log", "step"), "categorical": ("choices",)}
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)  # namegen says what each trial did, in its own lines
+# namegen says what each trial did in its own lines; Optuna's would add a traceback for every failed trial
+optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
 # ----------------------------------------------------------------------------- the search space
@@ -266,6 +267,8 @@ def tune(opts: TuneOptions) -> optuna.Study:
 def _say_result(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     state = trial.state.name.lower()
     value = f" val/loss {trial.value:.4f}" if trial.value is not None else ""
+    if trial.state == TrialState.FAIL:  # e.g. a diverged run: the study goes on
+        value = f" ({str(trial.system_attrs.get('fail_reason', '')).splitlines()[-1][:300]})"
     best = f"; best so far {study.best_value:.4f} (trial {study.best_trial.number})" if _any_complete(study) else ""
     print(f"namegen tune: trial {trial.number} {state}{value}{best}", flush=True)
 
