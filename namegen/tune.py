@@ -115,7 +115,13 @@ def _check_param(path: Path, key: str, spec, base: Config) -> None:
                         f"choices, got {spec!r}", about="space")
     if kind == "categorical" and not (isinstance(spec.get("choices"), list) and spec["choices"]):
         raise UserError(f"{path}: {key}: categorical needs a non-empty list of choices", about="space")
-    if kind != "categorical" and not ("low" in spec and "high" in spec and spec["low"] <= spec["high"]):
+    if kind == "categorical":
+        return
+    low, high = spec.get("low"), spec.get("high")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+        raise UserError(f"{path}: {key}: low and high must be numbers, got {low!r} and {high!r} (YAML reads 1.0e6 "
+                        f"as text: write 1.0e+6)", about="space")
+    if low > high:
         raise UserError(f"{path}: {key}: needs low <= high", about="space")
 
 
@@ -176,7 +182,9 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
         if host == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
             if study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
                 failed.append(trial.number)
-    optuna.storages.fail_stale_trials(study)  # other machines' trials, where the storage keeps heartbeats
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # other machines' trials, where the storage keeps heartbeats
     return failed
 
 
@@ -232,7 +240,11 @@ class Objective:
         print(f"namegen tune: trial {trial.number}: {_params_line(trial.params)}", flush=True)
         opts = TrainOptions(**{**vars(self.training), "model": str(config_file), "out": run_dir, "overwrite": True,
                                "callbacks": [PyTorchLightningPruningCallback(trial, monitor="val/loss")]})
-        result = train(opts)
+        try:
+            result = train(opts)
+        except TrainingDiverged as exc:  # a recipe that diverges is a failed trial; the study goes on
+            trial.set_user_attr("fail_reason", str(exc))
+            raise
         trial.set_user_attr("epochs", result.epochs)
         trial.set_user_attr("wall_s", round(result.elapsed_s, 1))
         if result.best_score is None or not math.isfinite(result.best_score):
@@ -268,7 +280,7 @@ def _say_result(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     state = trial.state.name.lower()
     value = f" val/loss {trial.value:.4f}" if trial.value is not None else ""
     if trial.state == TrialState.FAIL:  # e.g. a diverged run: the study goes on
-        value = f" ({str(trial.system_attrs.get('fail_reason', '')).splitlines()[-1][:300]})"
+        value = f" ({trial.user_attrs.get('fail_reason', 'stopped by an error')[:300]})"
     best = f"; best so far {study.best_value:.4f} (trial {study.best_trial.number})" if _any_complete(study) else ""
     print(f"namegen tune: trial {trial.number} {state}{value}{best}", flush=True)
 

@@ -63,7 +63,9 @@ def test_shipped_search_spaces_load_and_keep_the_architecture(size):
     ({"n_hidden": {"type": "int", "low": 64, "high": 512}}, "n_hidden is an architecture key"),
     ({"layer_norm": {"type": "categorical", "choices": [True, False]}}, "layer_norm is an architecture key"),
     ({"momentum": {"type": "float", "low": 0.1, "high": 0.9}}, "momentum is not a recipe key"),
-    ({"lr": {"type": "float", "low": 0.1}}, "lr: needs low <= high"),
+    ({"lr": {"type": "float", "low": 0.1}}, "lr: low and high must be numbers"),
+    ({"lr": {"type": "float", "low": 0.1, "high": "1.0e6"}}, "YAML reads 1.0e6 as text"),
+    ({"lr": {"type": "float", "low": 0.2, "high": 0.1}}, "lr: needs low <= high"),
     ({"lr": {"type": "uniform", "low": 0.1, "high": 0.2}}, "lr: expected"),
     ({"batch_size": {"type": "categorical", "choices": []}}, "non-empty list of choices"),
 ])
@@ -117,6 +119,22 @@ def test_a_hopeless_trial_is_pruned_through_the_lightning_callback(tmp_path, nam
     assert good.state.name == "COMPLETE" and len(good.intermediate_values) == 4
     assert hopeless.state.name == "PRUNED" and list(hopeless.intermediate_values) == [0]
     assert "trial 1 pruned" in result.stdout
+
+
+@pytest.mark.slow
+def test_a_diverged_trial_fails_and_the_study_goes_on(tmp_path, names_file):
+    # lr 1e6 without clipping really diverges (see test_divergence): weight decay alone flips and grows the weights
+    space = write_space(tmp_path / "space.yaml", {"lr": {"type": "float", "low": 1e-3, "high": 1e6, "log": True},
+                                                  "grad_clip": {"type": "categorical", "choices": [0.0, 1.0]},
+                                                  "batch_size": {"type": "categorical", "choices": [16]}},
+                        enqueue=[{"lr": 1e6, "grad_clip": 0.0}, {"lr": 5e-3, "grad_clip": 1.0}])
+    result = tune(tmp_path, "--space", str(space), "--data", str(names_file), "--trials", "1", "--max-epochs", "3",
+                  "--limit-train-batches", "5", "--limit-val-batches", "1")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "trial 0 fail (" in result.stdout and "training diverged" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    states = [t.state.name for t in trials_of(f"sqlite:///{tmp_path / 'runs/tune/optuna.db'}", "small")]
+    assert states == ["FAIL", "COMPLETE"]
 
 
 @pytest.mark.slow
