@@ -30,6 +30,7 @@ from namegen.checkpoint import build_meta, write_checkpoint
 from namegen.config import load_config
 from namegen.data import Vocab, read_names, sha256_of
 from namegen.model import GRULanguageModel
+from namegen.web import ORT_WEB_FILES, ORT_WEB_VERSION, default_cache_dir
 from web_helpers import INSTALL_HINT, chromium, find_chromium, open_page, serve
 
 pytestmark = pytest.mark.browser
@@ -94,6 +95,9 @@ def _make_model(kind: str, tmp: Path, real_names: Path) -> tuple[Path, Path | No
 def sites(tmp_path_factory, real_names):
     """kind -> (site directory, checkpoint, training names file or None); each written once by the CLI,
     all under one root that ``server`` serves."""
+    if shutil.which("npm") is None and not all(
+            (default_cache_dir() / f"onnxruntime-web-{ORT_WEB_VERSION}" / Path(f).name).is_file() for f in ORT_WEB_FILES):
+        pytest.skip(f"needs npm to fetch onnxruntime-web {ORT_WEB_VERSION} once: apt-get install npm")
     root = tmp_path_factory.mktemp("sites")
     done = {}
 
@@ -153,7 +157,16 @@ def test_query_configuration_fills_names(sites, server, browser):
     expected = NameGenerator.from_checkpoint(ckpt).score([name for name, _ in shown])
     for (name, logprob), nll in zip(shown, expected):
         assert abs(logprob + nll) < 1e-4, (name, logprob, nll)
+
+    page.click("#generate")  # new names, with a new seed in the URL; that link shows them again
+    page.wait_for_function("names => document.querySelector('#names .name').textContent !== names[0]",
+                           arg=[name for name, _ in shown])
+    again, link = _shown(page), page.url
+    assert len(again) == 25 and again != shown and "seed=3" not in link and "seed=" in link
     page.context.close()
+    reopened = open_page(browser, link)
+    assert _shown(reopened.page) == again and reopened.errors == []
+    reopened.page.context.close()
 
 
 @pytest.mark.parametrize("kind", ["latin", "notebook", "cyrillic"])

@@ -98,6 +98,9 @@ async function onGenerate(event) {
   const started = performance.now();
   try {
     $("generate").disabled = true;
+    // a seed for every generation (the link's, else a random one), kept in the URL: a copied link
+    // shows the same names; the next click draws new ones
+    if (api.seed === null || !Number.isFinite(api.seed)) api.seed = crypto.getRandomValues(new Uint32Array(1))[0];
     const result = await generate(formOptions());
     render(result);
     api.timings.lastGenerateMs = performance.now() - started;
@@ -106,6 +109,7 @@ async function onGenerate(event) {
   } catch (err) {
     setStatus(err.message || String(err), true);
   } finally {
+    api.seed = null;
     $("generate").disabled = false;
     document.body.dataset.state = "done";
   }
@@ -152,7 +156,7 @@ async function start() {
   $("controls").addEventListener("submit", onGenerate);
   $("copy").addEventListener("click", () =>
     copy([...document.querySelectorAll("#names .name")].map((el) => el.textContent).join("\n"), $("copy")));
-  $("share").addEventListener("click", () => copy(shareUrl(), $("share")));
+  $("share").addEventListener("click", () => copy(location.href, $("share"))); // the shown names' link
   await onGenerate();
 }
 
