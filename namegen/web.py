@@ -162,21 +162,28 @@ def _training_names(ckpt: Path, data: str | Path | None) -> tuple[list[str] | No
 def _npm_pack(npm: str, tmp: Path, hint: str) -> Path:
     spec = f"onnxruntime-web@{ORT_WEB_VERSION}"
     try:
-        proc = subprocess.run([npm, "pack", spec, "--pack-destination", str(tmp), "--silent"], cwd=tmp,
+        proc = subprocess.run([npm, "pack", spec, "--pack-destination", str(tmp), "--loglevel=error"], cwd=tmp,
                               capture_output=True, text=True, timeout=900)
     except subprocess.TimeoutExpired:
         raise UserError(f"`npm pack {spec}` took over 15 minutes; {hint}", about="web") from None
     tarball = tmp / f"onnxruntime-web-{ORT_WEB_VERSION}.tgz"
     if proc.returncode != 0 or not tarball.is_file():
-        lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        why = next((line for line in lines if " code " in line or "ERR" in line), lines[0] if lines else "")
-        raise UserError(f"`npm pack {spec}` failed ({why.strip() or f'exit status {proc.returncode}'}); {hint}",
-                        about="web")
+        raise UserError(f"`npm pack {spec}` failed ({_npm_reason(proc)}); {hint}", about="web")
     digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
     if digest != ORT_WEB_SHA256:
         raise UserError(f"the npm registry's {spec} has sha256 {digest[:16]}..., not the pinned "
                         f"{ORT_WEB_SHA256[:16]}...; check `npm config get registry`", about="web")
     return tarball
+
+
+def _npm_reason(proc: subprocess.CompletedProcess) -> str:
+    """npm's one telling line ("FetchError: request to ... failed, reason: ...", else "code E..."), shortened."""
+    lines = [line.removeprefix("npm error").strip() for line in proc.stderr.splitlines()]
+    lines = [line for line in lines if line]
+    why = next((line for line in lines if line.startswith(("FetchError", "404"))), None)
+    why = why or next((line for line in lines if line.startswith("code ")), None)
+    why = why or (lines[0] if lines else f"exit status {proc.returncode}")
+    return why if len(why) <= 160 else why[:157] + "..."
 
 
 def _extract(tarball: Path, dest: Path) -> None:
