@@ -86,8 +86,12 @@ def export_web(ckpt: str | Path, out_dir: str | Path, *, force: bool = False, da
     _check_target(out_dir, force)
     names, note = _training_names(ckpt, data)
     ort_dir = fetch_onnxruntime_web(cache_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    except OSError as exc:
+        raise UserError(f"cannot write into {out_dir.parent} ({exc.strerror}); give a directory you can write",
+                        about="web") from None
     stage.chmod(_directory_mode())  # a plain mkdir's permissions, not mkdtemp's 0o700: web servers read it
     try:
         info = _write_site(stage, ckpt, ort_dir, names)

@@ -186,6 +186,7 @@ def test_page_scores_equal_namegen_score(sites, server, browser, kind):
     assert len(got) == len(expected) == len(names)
     assert max(abs(a - b) for a, b in zip(got, expected)) < 1e-4
     sampled = page.evaluate("() => window.namegen.generate({n: 40, temperature: 1.3, seed: 9})")["names"]
+    assert all(1 <= len(s["name"]) <= gen.block_size for s in sampled)  # max_len defaults to block_size
     nll = gen.score([s["name"] for s in sampled])
     assert max(abs(s["logprob"] + v) for s, v in zip(sampled, nll)) < 1e-4
     page.context.close()
