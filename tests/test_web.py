@@ -336,6 +336,8 @@ def test_bad_input_is_one_error_line(sites, tmp_path, capsys):
         (["--ckpt", tmp_path / "missing.ckpt", "--web", tmp_path / "new"], "--ckpt: .*missing.ckpt not found"),
         (["--ckpt", ckpt], "give one of --out FILE.onnx .* or --web DIR"),
         (["--ckpt", ckpt, "--web", tmp_path / "new", "--data", tmp_path / "nope.txt"], "--data: .*nope.txt does not"),
+        (["--ckpt", ckpt, "--web", tmp_path / "new", "--opset", "17"], "--opset is for --out"),
+        (["--ckpt", ckpt, "--out", tmp_path / "m.onnx", "--data", a_file], "--data is for --web"),
     ]
     for argv, pattern in cases:
         assert run("export", argv) == 2, argv
