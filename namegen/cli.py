@@ -27,6 +27,7 @@ from namegen.evaluate import evaluate_checkpoint, format_evaluation
 from namegen.export import export_onnx
 from namegen.model import compile_model
 from namegen.notebook import START_NOTE, convert
+from namegen.web import ORT_WEB_VERSION, export_web
 
 INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT (128 + 2)
 
@@ -90,9 +91,10 @@ FLAGS = {
     "data": "--data", "ckpt": "--ckpt", "resume": "--resume", "model": "--model", "out": "--out",
     "logger": "--logger", "labels": "--labels", "update_readme": "--update-readme", "train": "--train",
     "wandb_mode": "--wandb-mode", "precision": "--precision", "space": "--space", "storage": "--storage",
-    "limit_val_batches": "--limit-val-batches",
+    "limit_val_batches": "--limit-val-batches", "web": "--web",
 }
-COMMAND_FLAGS = {"sample": {"train_data": "--data"}, "evaluate": {"train_data": "--train-data"}}
+COMMAND_FLAGS = {"sample": {"train_data": "--data"}, "evaluate": {"train_data": "--train-data"},
+                 "export": {"train_data": "--data"}}
 #: argument names of the Python API that sample.py spells as flags
 PARAMETERS = {"max_len": "--max-len", "min_len": "--min-len", "top_k": "--top-k", "temperature": "--temperature",
               "prefix": "--prefix", "num_samples": "--num-samples"}
@@ -507,18 +509,48 @@ def convert_command(args: argparse.Namespace) -> int:
 def add_export_arguments(p: Parser) -> None:
     p.description = ("Export a checkpoint as a one-step ONNX graph (token, h -> logits, h_next) that onnxruntime "
                      "runs without PyTorch; the vocabulary and start token go into its metadata. "
-                     "examples/onnx_sample.py samples names from it with onnxruntime and numpy alone.")
+                     "examples/onnx_sample.py samples names from it with onnxruntime and numpy alone. "
+                     "With --web, write a static web page that samples names in the browser instead.")
     p.add_argument("--ckpt", required=True, help="checkpoint to export (namegen .ckpt or notebook .pth)")
-    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--out", default=None, help="the .onnx file to write")
+    p.add_argument("--web", default=None, metavar="DIR",
+                   help="write a static site into DIR (new or empty): index.html, the model, the training names "
+                        f"and onnxruntime-web {ORT_WEB_VERSION} (fetched once from the npm registry with npm, "
+                        "then cached); serve it with any static file server")
+    p.add_argument("--data", default=None,
+                   help="with --web: the training names file for the page's \"new names only\" (default: the file "
+                        "recorded in the checkpoint; notebook models record none)")
     p.add_argument("--opset", type=positive_int, default=None, help="ONNX opset, 17 or more (default: 18)")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--force", action="store_true", help="replace --out, or the earlier site in --web, if it exists")
 
 
 def export_command(args: argparse.Namespace) -> int:
+    if (args.out is None) == (args.web is None):
+        raise UserError("give one of --out FILE.onnx (the ONNX model) or --web DIR (a static web page)")
+    if args.web is not None:
+        return _export_web(args)
+    if args.data is not None:
+        raise UserError("--data is for --web (the page's training names); --out writes the model alone")
     info = export_onnx(resolve_checkpoint(args.ckpt), args.out, force=args.force, opset=args.opset)
     print(f"wrote {info.path}: opset {info.opset}, {info.n_layer} layer(s) of {info.hidden}, vocabulary of "
           f"{info.vocab_size} symbols, start token {info.start_token}")
     print(f"sample with: python examples/onnx_sample.py {info.path}")
+    return 0
+
+
+def _export_web(args: argparse.Namespace) -> int:
+    if args.opset is not None:
+        raise UserError("--opset is for --out; the page's model is written at the default opset")
+    info = export_web(resolve_checkpoint(args.ckpt), args.web, force=args.force, data=args.data)
+    print(f"wrote {info.path}: {len(info.files)} files, {info.total_bytes / 1e6:.1f} MB "
+          f"(onnxruntime-web {ORT_WEB_VERSION}); model {info.onnx.n_layer} layer(s) of {info.onnx.hidden}, "
+          f"start token {info.onnx.start_token}")
+    if info.names_note:
+        print(f"note: no \"new names only\" on this page: {info.names_note}; pass --data NAMES.txt to add it",
+              file=sys.stderr)
+    else:
+        print(f"training names for \"new names only\": {info.n_training_names:,} ({info.names_bytes:,} bytes)")
+    print(f"try it: python -m http.server -d {shlex.quote(str(info.path))} 8000, then open http://127.0.0.1:8000/")
     return 0
 
 

@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT
 
 PACKAGE = ROOT / "namegen"
-CORE = {"errors", "config", "data", "model", "sampling", "checkpoint", "notebook", "api", "evaluate", "export"}
+CORE = {"errors", "config", "data", "model", "sampling", "checkpoint", "notebook", "api", "evaluate", "export", "web"}
 LIGHTNING_LAYER = {"module", "datamodule", "callbacks", "loggers"}
 ORCHESTRATION = {"training", "compare", "runlock", "tune"}
 CLI = {"cli", "__main__", "__init__"}
@@ -63,7 +63,7 @@ def test_core_modules_import_no_training_stack_at_the_top(name):
 
 @pytest.mark.slow
 def test_importing_the_api_loads_no_lightning_wandb_or_sklearn():
-    code = ("import sys, namegen.api, namegen.export, namegen.evaluate; "
+    code = ("import sys, namegen.api, namegen.export, namegen.evaluate, namegen.web; "
             f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r}))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
