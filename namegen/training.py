@@ -361,6 +361,10 @@ def _fit(plan: RunPlan, opts: TrainOptions, datamodule: NamesDataModule, module:
         if trainer.interrupted:  # Ctrl-C: Lightning shut down gracefully and is exiting
             raise _interrupted(plan, trainer) from None
         raise
+    except UserError:  # a refused write, a divergence: Lightning has torn down; close the W&B run too
+        if trainer.is_global_zero:
+            finish_wandb(find_wandb_logger(trainer), exit_code=1)
+        raise
     best = checkpoint.best_model_score
     result = TrainResult(
         best_score=None if best is None else best.item(),
