@@ -8,7 +8,7 @@ Method
 ------
 - Grid over the recipe. ``--grid KEY=V1,V2,...`` lists values per key; the trials are
   the Cartesian product, in the order given. A trial is the size's config
-  (``namegen/configs/<size>.yaml``, or ``--config FILE``) with those values
+  (``configs/<size>.yaml``, or ``--config FILE``) with those values
   replaced (``Config.replace``), plus ``--max-epochs`` / ``--early-stopping-patience``
   for every trial. Only recipe keys can be searched: lr, dropout, weight_decay,
   grad_clip, max_epochs, batch_size, early_stopping_patience, lr_schedule. The
@@ -88,6 +88,7 @@ from namegen.compare import format_duration, read_history  # noqa: E402
 from namegen.config import SIZES, Config, load_config  # noqa: E402
 from namegen.data import DEFAULT_DATA, Vocab, read_names, sha256_of, split_names  # noqa: E402
 from namegen.errors import Interrupted, UserError  # noqa: E402
+from namegen.evaluate import shown_data  # noqa: E402
 from namegen.model import GRULanguageModel  # noqa: E402
 from namegen.training import TrainOptions, train  # noqa: E402
 
@@ -369,7 +370,8 @@ def markdown(doc: dict) -> str:
     m, d = doc["machine"], doc["data"]
     grid = " x ".join(f"{k} in {{{', '.join(format_value(v) for v in vs)}}}" for k, vs in doc["grid"].items())
     fixed = ", ".join(f"{k} {v}" for k, v in doc["fixed"].items()) or "none"
-    own = "" if doc["base_config"] == f"namegen/configs/{doc['size']}.yaml" else f" (not the {doc['size']} config)"
+    shipped = (f"configs/{doc['size']}.yaml", f"namegen/configs/{doc['size']}.yaml")  # before and after the move
+    own = "" if doc["base_config"] in shipped else f" (not the {doc['size']} config)"
     lines = [
         f"# Hyperparameter search: {doc['size']}", "",
         f"Produced by `{doc['command']}` (started {doc['started_utc']}, updated {doc['updated_utc']}); "
@@ -446,7 +448,7 @@ def build_parser() -> Parser:
         "writes a markdown table and a JSON file of the results. See the module docstring for the method."))
     p.add_argument("--size", required=True, choices=SIZES, help="the size whose config is the base of every trial")
     p.add_argument("--config", default=None, metavar="YAML",
-                   help="base config file instead of namegen/configs/<size>.yaml (runs still go to "
+                   help="base config file instead of configs/<size>.yaml (runs still go to "
                         "<runs-dir>/<size>)")
     p.add_argument("--grid", nargs="+", action="extend", default=[], metavar="KEY=V1,V2",
                    help=f"values to try per recipe key; trials are their product. Keys: {', '.join(SEARCHABLE)}")
@@ -473,7 +475,7 @@ def build_parser() -> Parser:
 
 def prepare(args: argparse.Namespace, argv: list[str]) -> tuple[list[Trial], dict, Path]:
     """The trials and the report's header, every input checked before anything trains."""
-    base_config = Path(args.config) if args.config else Path("namegen/configs") / f"{args.size}.yaml"
+    base_config = Path(args.config) if args.config else Path("configs") / f"{args.size}.yaml"
     base = load_config(args.config or args.size)
     data = Path(args.data).resolve() if args.data else DEFAULT_DATA
     names = read_names(data)
@@ -489,7 +491,7 @@ def prepare(args: argparse.Namespace, argv: list[str]) -> tuple[list[Trial], dic
         "runs_dir": str(Path(args.runs_dir) / args.size), "machine": machine_info(),
         "parameters": GRULanguageModel.from_config(base, len(Vocab.from_names(names))).num_parameters(),
         "accelerator": args.accelerator, "precision": args.precision or "32-true (Lightning's default)",
-        "data": {"path": str(data), "sha256": setup["data_sha256"], "names": len(names), "train": len(train_names),
+        "data": {"path": shown_data(data), "sha256": setup["data_sha256"], "names": len(names), "train": len(train_names),
                  "val": len(val_names), "seed": base.seed},
     }
     return trials, header, data
