@@ -153,10 +153,11 @@ def run(command: str, handler, args: argparse.Namespace) -> int:
 
 def add_train_arguments(p: Parser) -> None:
     p.description = ("Train a GRU name generator with the Lightning Trainer. Hyperparameters come from "
-                     "configs/<model>.yaml; the flags below override them.")
+                     "configs/<size>.yaml (at the top of the repository; an installed namegen ships the same "
+                     "files) or from your own .yaml; the flags below override them.")
     p.add_argument("--model", default=None,
-                   help=f"size to train: {', '.join(SIZES)} (reads configs/<size>.yaml), or a path to a "
-                        "config .yaml (default: small)")
+                   help=f"size to train: {', '.join(SIZES)} (reads configs/<size>.yaml), or the path of your own "
+                        "config .yaml, such as a copy of configs/small.yaml (default: small)")
     p.add_argument("--data", default=None,
                    help="names file, UTF-8, one name per line (default: makemore's names.txt, shipped with namegen)")
     p.add_argument("--out", default=None,

@@ -29,7 +29,7 @@ from namegen.api import check_device
 from namegen import runlock
 from namegen.callbacks import AtomicCheckpointIO, EpochLine, ModelArtifact, RunClock, SampleTable
 from namegen.checkpoint import read_training_checkpoint, remove_stale_temporaries
-from namegen.config import Config, load_config, run_name_of
+from namegen.config import Config, config_path, load_config, run_name_of
 from namegen.data import DEFAULT_DATA, Vocab
 from namegen.datamodule import NamesDataModule
 from namegen.errors import Interrupted, UserError
@@ -85,6 +85,7 @@ class RunPlan:
     precision_why: str = "asked for with --precision"
     wandb_mode: str | None = None  # online or offline; None without W&B
     wandb_auto_offline: bool = False  # offline because no login was found (not because it was asked)
+    config_source: str = ""  # where the config came from, as start-up says it
 
     @property
     def resume_epoch(self) -> int | None:
@@ -195,7 +196,8 @@ def _plan_fresh(opts: TrainOptions) -> RunPlan:
     )
     name = run_name_of(model)
     out_dir = Path(opts.out) if opts.out else Path("checkpoints") / name
-    return RunPlan(config, name, out_dir, Path(opts.data) if opts.data else DEFAULT_DATA)
+    return RunPlan(config, name, out_dir, Path(opts.data) if opts.data else DEFAULT_DATA,
+                   config_source=display(config_path(model)))
 
 
 def _plan_resume(opts: TrainOptions) -> RunPlan:
@@ -218,7 +220,8 @@ def _plan_resume(opts: TrainOptions) -> RunPlan:
             about="resume",
         )
     data_path = Path(opts.data) if opts.data else Path((saved.get("data") or {}).get("path") or DEFAULT_DATA)
-    return RunPlan(config, name, out_dir, data_path, Vocab(saved["vocab"]), path, ckpt)
+    return RunPlan(config, name, out_dir, data_path, Vocab(saved["vocab"]), path, ckpt,
+                   config_source=f"from {display(path)}")
 
 
 def _resume_source(opts: TrainOptions) -> tuple[Path, Path]:
@@ -402,7 +405,7 @@ def announce(plan: RunPlan, datamodule: NamesDataModule, trainer: pl.Trainer, n_
             + (f" (W&B run {run_id})" if run_id and trainer.loggers else ""))
     say(f"namegen: training {plan.run_name} on {plan.data_path} ({len(datamodule.train_names):,} train / "
         f"{len(datamodule.val_names):,} validation names, vocabulary of {len(datamodule.vocab)} tokens)")
-    say("config: " + json.dumps(plan.config.to_dict()))
+    say(f"config ({plan.config_source}): " + json.dumps(plan.config.to_dict()))
     if note := datamodule.long_names_note():
         say(note)
     if plan.wandb_auto_offline:
