@@ -20,6 +20,7 @@ import pytest
 
 from cli_helpers import run
 from conftest import run_cli
+from test_train_sample import read_wandb_records
 from namegen.checkpoint import atomic_write, build_meta, load_checkpoint, read_training_checkpoint, write_checkpoint
 from namegen.compare import read_history
 from namegen.config import load_config
@@ -203,6 +204,26 @@ def test_a_checkpoint_on_a_full_disk_is_one_line_and_loses_nothing(full_disk_run
     assert read_history(run_dir / "metrics.csv").val.keys() >= {0}
     assert temporaries(run_dir) == []
     assert not (run_dir / ".namegen.lock").exists()  # the run released its directory
+
+
+@pytest.mark.slow
+def test_a_full_disk_finishes_the_wandb_run(tmp_path, real_names):
+    """With W&B (offline) on the same full disk: the same one line, and the W&B run is closed (its exit
+    record, exit code 1) rather than left open; the run's directory is released."""
+    if MOUNT_REFUSAL is not None:
+        pytest.skip(f"needs a real small disk: {MOUNT_REFUSAL}")
+    (tmp_path / "names.txt").write_text("\n".join(real_names.read_text().splitlines()[:400]) + "\n")
+    with small_disk(tmp_path / "disk", "2900k") as disk:  # 1.9 MiB of epoch-1 checkpoints, the W&B run, and no more
+        proc = run_cli("train.py", "--model", "small", "--data", "names.txt", "--batch-size", "32", "--max-epochs",
+                       "5", "--accelerator", "cpu", "--logger", "wandb", "--out", "disk/run", cwd=tmp_path)
+        assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+        line = one_error_line(proc.stderr)
+        assert re.fullmatch(rf"error: cannot write disk/run/(best|last)\.ckpt: {DISK_FULL}; .*", line), line
+        (run_dir,) = (disk / "run" / "wandb").glob("offline-run-*")
+        exits = [r.exit for r in read_wandb_records(run_dir) if r.WhichOneof("record_type") == "exit"]
+        assert [e.exit_code for e in exits] == [1]
+        assert not (disk / "run" / ".namegen.lock").exists()
+        assert temporaries(disk) == []
 
 
 @pytest.mark.slow
