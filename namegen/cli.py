@@ -22,7 +22,7 @@ from pathlib import Path
 from namegen.api import NameGenerator, NotEnoughNames
 from namegen.checkpoint import resolve_checkpoint
 from namegen.config import SIZES
-from namegen.errors import DeviceUnavailable, Interrupted, UserError, WriteFailed
+from namegen.errors import DeviceUnavailable, Interrupted, PeerStopped, UserError, WriteFailed
 from namegen.evaluate import evaluate_checkpoint, format_evaluation
 from namegen.export import export_onnx
 from namegen.model import compile_model
@@ -142,6 +142,8 @@ def run(command: str, handler, args: argparse.Namespace) -> int:
         return handler(args) or 0
     except UserError as exc:
         print(error_line(exc, command, args), file=sys.stderr)
+        return 2
+    except PeerStopped:  # another process of this distributed run stopped first and said why
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

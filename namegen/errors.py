@@ -40,6 +40,11 @@ class Interrupted(Exception):
         self.last, self.epoch, self.shown, self.quiet = last, epoch, shown, quiet
 
 
+class PeerStopped(Exception):
+    """Another process of a distributed run stopped first (rank 0 after a write failure, say) and
+    says why itself; this process stops without a word of its own."""
+
+
 class TrainingDiverged(UserError):
     """The training loss (or the weights) turned inf/nan; raised before anything non-finite is saved."""
 

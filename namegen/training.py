@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -32,7 +33,7 @@ from namegen.checkpoint import read_training_checkpoint, remove_stale_temporarie
 from namegen.config import Config, config_path, load_config, run_name_of
 from namegen.data import DEFAULT_DATA, Vocab
 from namegen.datamodule import NamesDataModule
-from namegen.errors import Interrupted, UserError
+from namegen.errors import Interrupted, PeerStopped, UserError
 from namegen.loggers import (
     build_loggers, check_wandb_online, find_wandb_logger, finish_wandb, start_wandb, wandb_mode,
 )
@@ -368,6 +369,10 @@ def _fit(plan: RunPlan, opts: TrainOptions, datamodule: NamesDataModule, module:
         if trainer.is_global_zero:
             finish_wandb(find_wandb_logger(trainer), exit_code=1)
         raise
+    except RuntimeError as exc:
+        if not trainer.is_global_zero and peer_gone(exc):  # rank 0 stopped and prints why: one line, not two
+            raise PeerStopped() from None
+        raise
     best = checkpoint.best_model_score
     result = TrainResult(
         best_score=None if best is None else best.item(),
@@ -379,6 +384,13 @@ def _fit(plan: RunPlan, opts: TrainOptions, datamodule: NamesDataModule, module:
         result.wandb_sync = sync_hint(finish_wandb(find_wandb_logger(trainer)))
         report(result)
     return result
+
+
+def peer_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective (a barrier, an all-reduce) failing because another process of
+    the run has exited: gloo and NCCL say so in their messages."""
+    gone = r"closed by peer|reset by peer|Broken pipe|remote worker|has exited|NCCL communicator was aborted"
+    return bool(re.search(gone, str(exc)))
 
 
 def sync_hint(parts: list[Path]) -> str | None:

@@ -227,6 +227,25 @@ def test_a_full_disk_finishes_the_wandb_run(tmp_path, real_names):
 
 
 @pytest.mark.slow
+def test_a_full_disk_under_ddp_is_still_one_line(tmp_path, real_names):
+    """Two CPU processes: rank 0's write fails and it says so; rank 1, left waiting at the checkpoint's
+    barrier, stops without a traceback of its own."""
+    if MOUNT_REFUSAL is not None:
+        pytest.skip(f"needs a real small disk: {MOUNT_REFUSAL}")
+    (tmp_path / "names.txt").write_text("\n".join(real_names.read_text().splitlines()[:800]) + "\n")
+    with small_disk(tmp_path / "disk", "2600k") as disk:
+        proc = run_cli("train.py", "--model", "small", "--data", "names.txt", "--batch-size", "32", "--max-epochs",
+                       "5", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--logger", "csv",
+                       "--out", "disk/run", cwd=tmp_path)
+        assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+        lines = [ln for ln in proc.stderr.splitlines() if not ln.startswith("Initializing distributed: ")]
+        line = one_error_line("\n".join(lines))
+        assert re.fullmatch(rf"error: cannot write disk/run/(best|last)\.ckpt: {DISK_FULL}; .*", line), line
+        assert read_training_checkpoint(disk / "run" / "last.ckpt")["epoch"] == 0
+        assert temporaries(disk) == [] and not (disk / "run" / ".namegen.lock").exists()
+
+
+@pytest.mark.slow
 def test_training_onto_a_read_only_disk_is_one_line(full_disk_run, tmp_path):
     """The full run's checkpoints on a disk remounted read-only: --resume reads them, then cannot write."""
     _, source, _ = full_disk_run
