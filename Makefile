@@ -22,14 +22,14 @@ train: setup  ## train MODEL (default small) on the shipped names, then sample f
 	$(BIN)/namegen train --model $(MODEL)
 	$(BIN)/namegen sample --ckpt checkpoints/$(MODEL)/best.ckpt -n 10
 
-test: setup  ## the whole test suite, as CI runs it
-	WANDB_MODE=offline WANDB_SILENT=true $(BIN)/python -m pytest -q
+test: setup  ## the whole test suite, as CI runs it (-rs: every skip says why; only gpu tests skip without CUDA)
+	WANDB_MODE=offline WANDB_SILENT=true $(BIN)/python -m pytest -q -rs
 
 test-fast: setup  ## the inner loop: everything but the tests that start processes
-	WANDB_MODE=offline WANDB_SILENT=true $(BIN)/python -m pytest -q -m "not slow"
+	WANDB_MODE=offline WANDB_SILENT=true $(BIN)/python -m pytest -q -rs -m "not slow"
 
 bench: setup  ## speed as a user sees it (needs a quiet machine; writes bench/RESULTS.md)
 	$(BIN)/python bench/speed.py
 
-clean:
+clean:  ## remove the virtual environment and build outputs
 	rm -rf $(VENV) build *.egg-info

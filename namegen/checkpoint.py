@@ -21,6 +21,7 @@ one, never a partial file. ``remove_stale_temporaries`` clears what a kill left.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import re
@@ -34,7 +35,7 @@ import torch
 
 from namegen.config import Config
 from namegen.data import END, Vocab
-from namegen.errors import UserError
+from namegen.errors import UserError, WriteFailed
 from namegen.model import GRULanguageModel
 
 FORMAT = 1
@@ -97,23 +98,59 @@ class LoadedModel:
 # ---------------------------------------------------------------------------- writing
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any], about: str | None = "out") -> Path:
     """Call ``write(f)`` on ``.<name>.<random>.tmp`` beside ``path``, fsync, then ``os.replace`` it
-    over ``path``. The one way namegen writes a file that must never be seen half-written."""
+    over ``path``. The one way namegen writes a file that must never be seen half-written.
+
+    When the OS refuses (a full disk, a read-only filesystem, a parent that is a file), the
+    temporary is removed, ``path`` keeps its old content, and ``WriteFailed`` (a UserError about
+    ``about``) names the file and the OS's reason."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
         os.chmod(tmp, 0o666 & ~_umask())  # the permissions a plain open() gives, not mkstemp's 0o600
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        _remove(tmp)
+        raise WriteFailed(path, exc, about=about) from None
     except BaseException:  # KeyboardInterrupt included: never leave the temporary behind
-        Path(tmp).unlink(missing_ok=True)
+        _remove(tmp)
         raise
     _fsync_directory(path.parent)
     return path
+
+
+def _remove(tmp: str | None) -> None:
+    if tmp is not None:
+        try:
+            Path(tmp).unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def make_dirs(directory: str | os.PathLike, about: str | None = "out") -> Path:
+    """``mkdir -p``; a directory the OS refuses to make (a file in its way, a read-only
+    filesystem) is a ``WriteFailed`` naming it."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteFailed(directory, exc, about=about) from None
+    return directory
+
+
+def write_bytes(path: str | os.PathLike, data: bytes, about: str | None = "out") -> Path:
+    """``data`` into ``path``, atomically (see ``atomic_write``), making its directory first."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteFailed(path, exc, about=about) from None
+    return atomic_write(path, lambda f: f.write(data), about=about)
 
 
 def _umask() -> int:
@@ -136,15 +173,18 @@ def _fsync_directory(directory: Path) -> None:
         os.close(dir_fd)
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, lambda f: torch.save(obj, f))
+def atomic_torch_save(obj: Any, path: str | os.PathLike, about: str | None = "out") -> Path:
+    """``torch.save(obj)`` into ``path`` atomically. Serialised in memory first, so that a write the OS
+    refuses surfaces as the OSError it is (torch's zip writer turns it into a RuntimeError)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return write_bytes(path, buffer.getbuffer(), about=about)
 
 
-def write_checkpoint(path: str | os.PathLike, meta: dict, state_dict: dict) -> Path:
+def write_checkpoint(path: str | os.PathLike, meta: dict, state_dict: dict, about: str | None = "out") -> Path:
     """A weights-only namegen checkpoint (no training state): for converted and exported models."""
     obj = {"namegen": meta, "state_dict": {f"{STATE_PREFIX}{k}": v for k, v in state_dict.items()}}
-    return atomic_torch_save(obj, path)
+    return atomic_torch_save(obj, path, about=about)
 
 
 def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:

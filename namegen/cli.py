@@ -22,7 +22,7 @@ from pathlib import Path
 from namegen.api import NameGenerator, NotEnoughNames
 from namegen.checkpoint import resolve_checkpoint
 from namegen.config import SIZES
-from namegen.errors import DeviceUnavailable, Interrupted, UserError
+from namegen.errors import DeviceUnavailable, Interrupted, PeerStopped, UserError, WriteFailed
 from namegen.evaluate import evaluate_checkpoint, format_evaluation
 from namegen.export import export_onnx
 from namegen.model import compile_model
@@ -100,9 +100,29 @@ PARAMETERS = {"max_len": "--max-len", "min_len": "--min-len", "top_k": "--top-k"
               "prefix": "--prefix", "num_samples": "--num-samples"}
 
 
+#: where else to write, per input a refused write is about (and per command where it differs)
+ELSEWHERE = {"out": "--out DIR", "out_file": "--out FILE", "reports_dir": "--reports-dir DIR",
+             "update_readme": "--update-readme FILE", "dst": "another OUT.ckpt"}
+COMMAND_ELSEWHERE = {"compare": {"out": "--runs-dir DIR"}}
+
+
+def write_failed_line(exc: WriteFailed, command: str) -> str:
+    """``error: cannot write FILE: <the OS's reason>; <what to do>``."""
+    where = COMMAND_ELSEWHERE.get(command, {}).get(exc.about) or ELSEWHERE.get(exc.about, "another path")
+    if exc.disk_full:
+        hint = f"free some space or pass {where} on another disk"
+    elif exc.read_only:
+        hint = f"pass {where} on a writable disk"
+    else:
+        hint = f"pass {where} where files can be written"
+    return f"error: {exc}; {hint}"
+
+
 def error_line(exc: UserError, command: str, args: argparse.Namespace | None) -> str:
     """``exc`` as the one line a user sees, naming the flag of the input it is about."""
     message, about = str(exc), exc.about
+    if isinstance(exc, WriteFailed):
+        return write_failed_line(exc, command)
     if isinstance(exc, DeviceUnavailable):
         flag = "--accelerator" if about == "accelerator" else "--device"
         value = getattr(args, about, "cuda") if args is not None else "cuda"
@@ -126,6 +146,8 @@ def run(command: str, handler, args: argparse.Namespace) -> int:
     except UserError as exc:
         print(error_line(exc, command, args), file=sys.stderr)
         return 2
+    except PeerStopped:  # another process of this distributed run stopped first and said why
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return INTERRUPTED
@@ -136,10 +158,11 @@ def run(command: str, handler, args: argparse.Namespace) -> int:
 
 def add_train_arguments(p: Parser) -> None:
     p.description = ("Train a GRU name generator with the Lightning Trainer. Hyperparameters come from "
-                     "configs/<model>.yaml; the flags below override them.")
+                     "configs/<size>.yaml (at the top of the repository; an installed namegen ships the same "
+                     "files) or from your own .yaml; the flags below override them.")
     p.add_argument("--model", default=None,
-                   help=f"size to train: {', '.join(SIZES)} (reads configs/<size>.yaml), or a path to a "
-                        "config .yaml (default: small)")
+                   help=f"size to train: {', '.join(SIZES)} (reads configs/<size>.yaml), or the path of your own "
+                        "config .yaml, such as a copy of configs/small.yaml (default: small)")
     p.add_argument("--data", default=None,
                    help="names file, UTF-8, one name per line (default: makemore's names.txt, shipped with namegen)")
     p.add_argument("--out", default=None,

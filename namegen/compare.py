@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as dt
+import io
 import json
 import os
 import platform
@@ -28,7 +29,8 @@ import wandb  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from namegen.api import check_device  # noqa: E402
-from namegen.errors import UserError  # noqa: E402
+from namegen.checkpoint import make_dirs, write_bytes  # noqa: E402
+from namegen.errors import UserError, shown_path  # noqa: E402
 from namegen.evaluate import Evaluation, evaluate_checkpoint  # noqa: E402
 from namegen.loggers import WANDB_PROJECT, wandb_mode  # noqa: E402
 from namegen.training import TrainOptions, train  # noqa: E402
@@ -118,10 +120,10 @@ def plot_curves(histories: dict[str, History], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
-    return path
+    return write_bytes(path, png.getvalue(), about="reports_dir")
 
 
 @dataclass
@@ -188,17 +190,19 @@ def write_report(rows: list[Row], out_dir: Path, figure: Path | None, num_sample
     sampled names (samples-<label>.txt) and evaluate.py figures (evaluation-<label>.json)."""
     for row in rows:
         slug = re.sub(r"[^\w.-]+", "-", row.label)
-        (out_dir / f"samples-{slug}.txt").write_text("\n".join(row.evaluation.names) + "\n", encoding="utf-8")
-        (out_dir / f"evaluation-{slug}.json").write_text(json.dumps(row.evaluation.to_dict(), indent=1) + "\n",
-                                                        encoding="utf-8")
+        _write_text(out_dir / f"samples-{slug}.txt", "\n".join(row.evaluation.names) + "\n")
+        _write_text(out_dir / f"evaluation-{slug}.json", json.dumps(row.evaluation.to_dict(), indent=1) + "\n")
     lines = [f"# namegen: sizes compared ({out_dir.name})", "", markdown_table(rows), "",
              *_notes(rows, num_samples, sample_seed), "", "Checkpoints:", "",
              *[f"- {row.label}: `{row.evaluation.checkpoint}` ({recipe(row.evaluation.config)})" for row in rows], ""]
     if figure is not None:
         lines[2:2] = [f"![train and validation loss per epoch]({figure.name})", ""]
-    path = out_dir / "report.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+    return _write_text(out_dir / "report.md", "\n".join(lines))
+
+
+def _write_text(path: Path, text: str, about: str = "reports_dir") -> Path:
+    """One file of the report, atomically: a refused write is one line and leaves no temporary."""
+    return write_bytes(path, text.encode("utf-8"), about=about)
 
 
 def _notes(rows: list[Row], num_samples: int, sample_seed: int) -> list[str]:
@@ -261,13 +265,13 @@ def update_readme(readme: Path, rows: list[Row], report: Path, figure: Path | No
         try:
             return str(path.resolve().relative_to(base))
         except ValueError:
-            return str(path.resolve())
+            return shown_path(path)
 
     block = [README_START, "", f"Produced by `{command}` ({rel(report)}):", ""]
     if figure is not None:
         block += [f"![train and validation loss per epoch]({rel(figure)})", ""]
     block += [markdown_table(rows), "", README_END]
-    readme.write_text(text[:start] + "\n".join(block) + text[end + len(README_END):], encoding="utf-8")
+    _write_text(readme, text[:start] + "\n".join(block) + text[end + len(README_END):], about="update_readme")
 
 
 def log_to_wandb(rows: list[Row], figure: Path | None, report: Path, start_run: dict | None) -> str | None:
@@ -317,7 +321,7 @@ def compare(opts: CompareOptions) -> Path:
     ckpts = _checkpoints(opts)
     rows, histories = _rows(opts, ckpts)
     out_dir = opts.reports_dir / (opts.date or dt.datetime.now(dt.timezone.utc).date().isoformat())
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(out_dir, about="reports_dir")
     figure = plot_curves(histories, out_dir / "loss_curves.png") if histories else None
     report = write_report(rows, out_dir, figure, opts.num_samples, opts.sample_seed)
     _log_to_wandb(opts, rows, figure, report)
@@ -360,7 +364,7 @@ def _rows(opts: CompareOptions, ckpts: list[Path]) -> tuple[list[Row], dict[str,
     histories: dict[str, History] = {}
     seen: set[str] = set()
     for i, ckpt in enumerate(ckpts):
-        print(f"evaluating {ckpt} ...", flush=True)
+        print(f"evaluating {shown_path(ckpt)} ...", flush=True)
         ev = evaluate_checkpoint(ckpt, num_samples=opts.num_samples, seed=opts.sample_seed, device=opts.device,
                                  progress=opts.num_samples >= 5000 or None)
         label = opts.labels[i] if opts.labels else ev.size

@@ -147,15 +147,22 @@ def run_name_of(size_or_path: str) -> str:
     return size_or_path if size_or_path in SIZES else Path(size_or_path).stem
 
 
-def load_config(size_or_path: str) -> Config:
-    """Load ``configs/<size>.yaml``, or a YAML file given by path."""
-    path = Path(size_or_path)
+def config_path(size_or_path: str) -> Path:
+    """The file ``--model`` names: ``configs/<size>.yaml`` (the checkout's, or the installed package's
+    copy) for a size, else the ``.yaml`` path as given."""
     if size_or_path in SIZES:
-        path = CONFIG_DIR / f"{size_or_path}.yaml"
-    elif path.suffix not in (".yaml", ".yml"):
+        return CONFIG_DIR / f"{size_or_path}.yaml"
+    path = Path(size_or_path)
+    if path.suffix not in (".yaml", ".yml"):
         raise UserError(
             f"unknown size {size_or_path!r}; choose one of {', '.join(SIZES)} or give a .yaml file", about="model"
         )
+    return path
+
+
+def load_config(size_or_path: str) -> Config:
+    """Load ``configs/<size>.yaml``, or a YAML file given by path."""
+    path = config_path(size_or_path)
     if not path.is_file():
         raise UserError(f"config file {path} not found", about="model")
     try:

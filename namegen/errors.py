@@ -8,6 +8,9 @@ line (``namegen.cli``) is the only code that knows flags; it prints
 
 from __future__ import annotations
 
+import errno
+import os
+
 
 class UserError(Exception):
     """A problem with the user's input; the message says what and how to fix it.
@@ -37,5 +40,59 @@ class Interrupted(Exception):
         self.last, self.epoch, self.shown, self.quiet = last, epoch, shown, quiet
 
 
+class PeerStopped(Exception):
+    """Another process of a distributed run stopped first (rank 0 after a write failure, say) and
+    says why itself; this process stops without a word of its own."""
+
+
 class TrainingDiverged(UserError):
     """The training loss (or the weights) turned inf/nan; raised before anything non-finite is saved."""
+
+
+class WriteFailed(UserError):
+    """The OS refused to write a file: a full disk or quota, a read-only filesystem, a directory
+    that is a file. The message names the file (relative to the current directory when it lies
+    below it) and the OS's reason: ``cannot write checkpoints/small/last.ckpt: No space left on
+    device``; ``about`` says which input chose the place (``"out"``, ``"reports_dir"``, ...), so a
+    command line can say where else to write."""
+
+    def __init__(self, path: str | os.PathLike, exc: OSError, about: str | None = "out"):
+        self.path, self.errno = shown_path(path), exc.errno
+        self.reason = exc.strerror or str(exc) or type(exc).__name__
+        if exc.errno in (errno.ENOTDIR, errno.EEXIST) and (blocker := _file_in_the_way(path)):
+            self.reason = f"Not a directory ({shown_path(blocker)} is a file)"
+        super().__init__(f"cannot write {self.path}: {self.reason}", about=about)
+
+    @property
+    def disk_full(self) -> bool:
+        return self.errno in (errno.ENOSPC, errno.EDQUOT)
+
+    @property
+    def read_only(self) -> bool:
+        return self.errno == errno.EROFS
+
+
+def _file_in_the_way(path: str | os.PathLike) -> str | None:
+    """The nearest of ``path`` and its parents that exists as something other than a directory."""
+    current = os.path.abspath(path)
+    while True:
+        if os.path.lexists(current):
+            return None if os.path.isdir(current) else current
+        parent = os.path.dirname(current)
+        if parent == current:
+            return None
+        current = parent
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """``path`` as a user should read it: relative to the current directory when it lies below it
+    (Lightning hands over absolute paths), else as given."""
+    text = os.fspath(path)
+    if os.path.isabs(text):
+        try:
+            rel = os.path.relpath(text)
+        except ValueError:  # another drive (Windows)
+            return text
+        if not rel.startswith(os.pardir):
+            return rel
+    return text

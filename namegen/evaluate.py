@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 
 from namegen.api import NameGenerator, check_device, load_model
 from namegen.checkpoint import LoadedModel, resolve_checkpoint
-from namegen.data import IGNORE, encode_names, find_training_file, read_names, split_names
-from namegen.errors import UserError
+from namegen.data import DEFAULT_DATA, IGNORE, encode_names, find_training_file, read_names, split_names
+from namegen.errors import UserError, shown_path
 from namegen.model import char_nll
 
 PROGRESS_MIN = 5_000  # show a progress bar from this many names (evaluation) or samples
@@ -101,6 +101,15 @@ class CheckpointData:
     names: list[str]
     train: list[str]
     val: list[str]
+
+
+def shown_data(path: str | Path) -> str:
+    """A data file as a report names it: relative to the current directory when below it, the
+    shipped names.txt by that name wherever namegen is installed, else as recorded."""
+    shown = shown_path(path)
+    if Path(shown).is_absolute() and Path(path).resolve() == DEFAULT_DATA.resolve():
+        return "namegen/assets/names.txt (shipped with namegen)"
+    return shown
 
 
 def checkpoint_data(loaded: LoadedModel, data: str | Path | None = None) -> CheckpointData:
@@ -245,13 +254,13 @@ def evaluate_checkpoint(
     if data is not None:
         names, where = read_names(data), f"{data} (all names)"
     else:
-        names, where = split.val, f"validation split of {split.path} (seed {loaded.config.data_seed})"
+        names, where = split.val, f"validation split of {shown_data(split.path)} (seed {loaded.config.data_seed})"
     likelihood = evaluate_nll(loaded, names, device=device, progress=progress)
     max_len = stats_max_len(loaded, split)
     samples = draw_samples(loaded, num_samples, seed=seed, max_len=max_len, temperature=temperature,
                            device=device, progress=progress)
     return Evaluation(
-        checkpoint=str(ckpt),
+        checkpoint=shown_path(ckpt),  # as given, or relative to here: a report never holds this machine's paths
         size=loaded.size,
         parameters=loaded.model.num_parameters(),
         config=loaded.config.to_dict(),

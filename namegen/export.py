@@ -36,7 +36,7 @@ import torch.nn as nn
 
 from namegen import __version__
 from namegen.api import load_model
-from namegen.checkpoint import atomic_write
+from namegen.checkpoint import write_bytes
 from namegen.data import END, PAD
 from namegen.errors import UserError
 from namegen.model import GRULanguageModel
@@ -141,9 +141,7 @@ def export_onnx(ckpt: str | Path, out: str | Path, *, force: bool = False, opset
     )
     onnx.checker.check_model(proto, full_check=True)  # a failure here is a bug, not the user's: let it raise
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    payload = proto.SerializeToString()
-    atomic_write(out, lambda f: f.write(payload))
+    write_bytes(out, proto.SerializeToString(), about="out_file")  # a refused write: one line, no temporary
     return ExportInfo(
         path=out, n_layer=model.n_layer, hidden=model.n_hidden, vocab_size=model.vocab_size,
         start_token=loaded.start_token, parameters=model.num_parameters(), opset=opset,

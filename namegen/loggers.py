@@ -16,7 +16,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 import wandb
 
 from namegen.checkpoint import atomic_write
-from namegen.errors import UserError
+from namegen.errors import UserError, WriteFailed
 
 WANDB_PROJECT = "namegen"
 
@@ -112,6 +112,7 @@ class _ContinuingWriter(ExperimentWriter):
 
     def __init__(self, log_dir: str, resume_at: tuple[int, int] | None):
         self._resume_at = resume_at
+        self._failed = False  # a write was refused: the run is stopping, write nothing more
         super().__init__(log_dir)
 
     def _check_log_dir_exists(self) -> None:
@@ -131,6 +132,58 @@ class _ContinuingWriter(ExperimentWriter):
         writer.writerows(rows)
         atomic_write(path, lambda f: f.write(text.getvalue().encode("utf-8")))
         self.metrics_keys = sorted(header)
+
+    def save(self) -> None:
+        """Append the rows logged since the last save. A write the OS refuses truncates the file back
+        to the rows it held (so ``metrics.csv`` stays a whole CSV), and is one ``WriteFailed``; later
+        saves (Lightning's ``finalize`` after the failure) write nothing."""
+        if not self.metrics or self._failed:
+            return
+        path = Path(self.metrics_file_path)
+        try:
+            self._append(path)
+        except (OSError, WriteFailed) as exc:
+            self._failed, self.metrics = True, []
+            raise exc if isinstance(exc, WriteFailed) else WriteFailed(path, exc) from None
+        self.metrics = []
+
+    def _append(self, path: Path) -> None:
+        existed = path.is_file()
+        if self._record_new_keys() and existed:  # a new column: the whole file again, atomically
+            self._rewrite_with_new_header(self.metrics_keys)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=self.metrics_keys)
+        if not existed:
+            writer.writeheader()
+        writer.writerows(self.metrics)
+        size = path.stat().st_size if existed else 0
+        try:
+            with open(path, "a", encoding="utf-8", newline="") as f:
+                f.write(text.getvalue())
+                f.flush()
+        except OSError:
+            with contextlib.suppress(OSError):  # back to the rows written before: no partial row
+                if existed:
+                    os.truncate(path, size)
+                else:
+                    path.unlink(missing_ok=True)
+            raise
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        path = Path(self.metrics_file_path)
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(path, lambda f: f.write(text.getvalue().encode("utf-8")))
+
+    def log_hparams(self, params: dict) -> None:
+        try:
+            super().log_hparams(params)
+        except OSError as exc:
+            raise WriteFailed(Path(self.log_dir) / self.NAME_HPARAMS_FILE, exc) from None
 
     def _keep(self, row: dict) -> bool:
         epoch, step = _number(row.get("epoch")), _number(row.get("step"))

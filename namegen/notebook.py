@@ -209,7 +209,7 @@ def convert(src: str | Path, dst: str | Path, force: bool = False) -> dict:
     if dst.resolve() == src.resolve():
         raise UserError(f"{dst} is the input file; write the checkpoint elsewhere")
     loaded, state = from_notebook(obj, src)
-    write_checkpoint(dst, loaded.meta, state)
+    write_checkpoint(dst, loaded.meta, state, about="dst")
     return loaded.meta
 
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from namegen.errors import UserError
+from namegen.errors import UserError, WriteFailed
 
 LOCK_NAME = ".namegen.lock"
 
@@ -41,8 +41,13 @@ def check_free(out_dir: Path) -> None:
 
 
 def acquire(out_dir: Path) -> RunLock:
-    """Take ``out_dir`` for this process (creating it); stale locks of dead processes are replaced."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Take ``out_dir`` for this process (creating it); stale locks of dead processes are replaced.
+    A directory the OS will not create or write into (a file in its way, a read-only or full
+    filesystem) is a ``WriteFailed`` naming it."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteFailed(out_dir, exc) from None
     path = out_dir / LOCK_NAME
     while True:
         check_free(out_dir)
@@ -51,8 +56,14 @@ def acquire(out_dir: Path) -> RunLock:
         except FileExistsError:
             path.unlink(missing_ok=True)  # stale (check_free found its process gone): take it over
             continue
-        with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}, f)
+        except OSError as exc:
+            raise WriteFailed(path, exc) from None
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}, f)
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            raise WriteFailed(path, exc) from None
         return RunLock(path)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -29,10 +30,10 @@ from namegen.api import check_device
 from namegen import runlock
 from namegen.callbacks import AtomicCheckpointIO, EpochLine, ModelArtifact, RunClock, SampleTable
 from namegen.checkpoint import read_training_checkpoint, remove_stale_temporaries
-from namegen.config import Config, load_config, run_name_of
+from namegen.config import Config, config_path, load_config, run_name_of
 from namegen.data import DEFAULT_DATA, Vocab
 from namegen.datamodule import NamesDataModule
-from namegen.errors import Interrupted, UserError
+from namegen.errors import Interrupted, PeerStopped, UserError
 from namegen.loggers import (
     build_loggers, check_wandb_online, find_wandb_logger, finish_wandb, start_wandb, wandb_mode,
 )
@@ -86,6 +87,7 @@ class RunPlan:
     precision_why: str = "asked for with --precision"
     wandb_mode: str | None = None  # online or offline; None without W&B
     wandb_auto_offline: bool = False  # offline because no login was found (not because it was asked)
+    config_source: str = ""  # where the config came from, as start-up says it
 
     @property
     def resume_epoch(self) -> int | None:
@@ -196,7 +198,8 @@ def _plan_fresh(opts: TrainOptions) -> RunPlan:
     )
     name = run_name_of(model)
     out_dir = Path(opts.out) if opts.out else Path("checkpoints") / name
-    return RunPlan(config, name, out_dir, Path(opts.data) if opts.data else DEFAULT_DATA)
+    return RunPlan(config, name, out_dir, Path(opts.data) if opts.data else DEFAULT_DATA,
+                   config_source=display(config_path(model)))
 
 
 def _plan_resume(opts: TrainOptions) -> RunPlan:
@@ -219,7 +222,8 @@ def _plan_resume(opts: TrainOptions) -> RunPlan:
             about="resume",
         )
     data_path = Path(opts.data) if opts.data else Path((saved.get("data") or {}).get("path") or DEFAULT_DATA)
-    return RunPlan(config, name, out_dir, data_path, Vocab(saved["vocab"]), path, ckpt)
+    return RunPlan(config, name, out_dir, data_path, Vocab(saved["vocab"]), path, ckpt,
+                   config_source=f"from {display(path)}")
 
 
 def _resume_source(opts: TrainOptions) -> tuple[Path, Path]:
@@ -363,6 +367,14 @@ def _fit(plan: RunPlan, opts: TrainOptions, datamodule: NamesDataModule, module:
         if trainer.interrupted:  # Ctrl-C: Lightning shut down gracefully and is exiting
             raise _interrupted(plan, trainer) from None
         raise
+    except UserError:  # a refused write, a divergence: Lightning has torn down; close the W&B run too
+        if trainer.is_global_zero:
+            finish_wandb(find_wandb_logger(trainer), exit_code=1)
+        raise
+    except RuntimeError as exc:
+        if not trainer.is_global_zero and peer_gone(exc):  # rank 0 stopped and prints why: one line, not two
+            raise PeerStopped() from None
+        raise
     best = checkpoint.best_model_score
     result = TrainResult(
         best_score=None if best is None else best.item(),
@@ -374,6 +386,13 @@ def _fit(plan: RunPlan, opts: TrainOptions, datamodule: NamesDataModule, module:
         result.wandb_sync = sync_hint(finish_wandb(find_wandb_logger(trainer)))
         report(result)
     return result
+
+
+def peer_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective (a barrier, an all-reduce) failing because another process of
+    the run has exited: gloo and NCCL say so in their messages."""
+    gone = r"closed by peer|reset by peer|Broken pipe|remote worker|has exited|NCCL communicator was aborted"
+    return bool(re.search(gone, str(exc)))
 
 
 def sync_hint(parts: list[Path]) -> str | None:
@@ -400,7 +419,7 @@ def announce(plan: RunPlan, datamodule: NamesDataModule, trainer: pl.Trainer, n_
             + (f" (W&B run {run_id})" if run_id and trainer.loggers else ""))
     say(f"namegen: training {plan.run_name} on {plan.data_path} ({len(datamodule.train_names):,} train / "
         f"{len(datamodule.val_names):,} validation names, vocabulary of {len(datamodule.vocab)} tokens)")
-    say("config: " + json.dumps(plan.config.to_dict()))
+    say(f"config ({plan.config_source}): " + json.dumps(plan.config.to_dict()))
     if note := datamodule.long_names_note():
         say(note)
     if plan.wandb_auto_offline:

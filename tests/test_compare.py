@@ -55,6 +55,23 @@ def test_compare_writes_a_figure_and_a_row_per_size(compared):
 
 
 @pytest.mark.slow
+def test_the_report_names_files_relative_to_where_it_ran(compared):
+    """Nothing in reports/<date>/ holds the absolute paths of the machine that made it: the trained
+    checkpoints and the data file are named relative to the directory compare.py ran in."""
+    tmp, proc = compared
+    out = tmp / "reports" / "today"
+    report = (out / "report.md").read_text()
+    assert "- small: `runs/small/best.ckpt` (" in report and "- medium: `runs/medium/best.ckpt` (" in report
+    assert "validation split of names.txt (seed 42)" in report
+    for path in out.iterdir():
+        if path.suffix in (".md", ".json", ".txt"):
+            text = path.read_text()
+            assert str(tmp) not in text and str(tmp.resolve()) not in text, path.name
+    assert json.loads((out / "evaluation-small.json").read_text())["checkpoint"] == "runs/small/best.ckpt"
+    assert "evaluating runs/small/best.ckpt ..." in proc.stdout
+
+
+@pytest.mark.slow
 def test_reported_loss_is_the_training_best_val_loss(compared):
     """Evaluating best.ckpt on its rebuilt validation split gives back the val/loss training logged."""
     tmp, _ = compared

@@ -43,7 +43,7 @@ def _namegen_imports(tree: ast.Module) -> list[tuple[str, bool]]:
 
 
 def test_every_module_has_a_layer():
-    assert set(_modules()) == set(LAYER), "a new module: give it a layer here and a line in README's Layout"
+    assert set(_modules()) == set(LAYER), "a new module: give it a layer here and a line in docs/architecture.md"
 
 
 @pytest.mark.parametrize("name", sorted(LAYER))

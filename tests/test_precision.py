@@ -158,7 +158,7 @@ def test_train_bf16_mixed_then_sample(tmp_path, names_file):
     assert len(proc.stdout.split()) == 5
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 @pytest.mark.parametrize("low", LOW, ids=["bf16", "fp16"])
 def test_autocast_gradients_match_float32_on_cuda(real_names, low):
     torch.manual_seed(0)

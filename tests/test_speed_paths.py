@@ -1,7 +1,5 @@
 """The fast paths compute the same thing as the plain cell: hand-written backward, dropout, torch.compile."""
 
-import os
-
 import pytest
 import torch
 from torch.func import functional_call
@@ -152,8 +150,7 @@ def test_compiled_model_matches_eager():
     _check_compiled_matches_eager("aot_eager")
 
 
-@pytest.mark.skipif(not os.environ.get("NAMEGEN_SLOW_TESTS"), reason="inductor compiles for minutes on a small "
-                    "CPU; set NAMEGEN_SLOW_TESTS=1 to run")
+@pytest.mark.slow  # inductor generates and compiles C++: minutes on a small CPU, so not in the inner loop
 def test_compiled_model_matches_eager_inductor():
     _check_compiled_matches_eager(None)
 
