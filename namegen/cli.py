@@ -103,7 +103,7 @@ PARAMETERS = {"max_len": "--max-len", "min_len": "--min-len", "top_k": "--top-k"
 #: where else to write, per input a refused write is about (and per command where it differs)
 ELSEWHERE = {"out": "--out DIR", "out_file": "--out FILE", "reports_dir": "--reports-dir DIR",
              "update_readme": "--update-readme FILE", "dst": "another OUT.ckpt"}
-COMMAND_ELSEWHERE = {"compare": {"out": "--runs-dir DIR"}}
+COMMAND_ELSEWHERE = {"compare": {"out": "--runs-dir DIR"}, "tune": {"out": "--runs-dir DIR", "storage": "--storage"}}
 
 
 def write_failed_line(exc: WriteFailed, command: str) -> str:

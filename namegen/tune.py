@@ -38,7 +38,7 @@ from optuna.trial import TrialState  # noqa: E402
 from optuna_integration import PyTorchLightningPruningCallback  # noqa: E402
 from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
 
-from namegen.checkpoint import atomic_write  # noqa: E402
+from namegen.checkpoint import atomic_write, make_dirs, write_bytes  # noqa: E402
 from namegen.config import ARCHITECTURE, CONFIG_DIR, SIZES, Config, load_config  # noqa: E402
 from namegen.errors import TrainingDiverged, UserError  # noqa: E402
 from namegen.training import TrainOptions, display, train  # noqa: E402
@@ -145,10 +145,9 @@ def suggest(trial: optuna.Trial, space: SearchSpace) -> dict:
 def open_storage(storage: str | None, runs_dir: Path):
     """An Optuna storage: a journal file (``*.journal``), a database URL, or the default SQLite file."""
     if storage is None:
-        runs_dir.mkdir(parents=True, exist_ok=True)
-        storage = f"sqlite:///{runs_dir / 'optuna.db'}"
+        storage = f"sqlite:///{make_dirs(runs_dir) / 'optuna.db'}"
     if storage.endswith(".journal") and "://" not in storage:
-        Path(storage).parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(Path(storage).parent, about="storage")
         return JournalStorage(JournalFileBackend(storage)), storage
     try:  # a heartbeat lets any process see that a trial's process died (database storages)
         with warnings.catch_warnings():
@@ -232,10 +231,9 @@ class Objective:
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
         config = self.space.config_for(suggest(trial, self.space))
-        run_dir = self.study_dir / f"trial-{trial.number:04d}"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config_file = run_dir / f"trial-{trial.number:04d}.yaml"
-        config_file.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+        run_dir = make_dirs(self.study_dir / f"trial-{trial.number:04d}")
+        config_file = write_bytes(run_dir / f"trial-{trial.number:04d}.yaml",
+                                  yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
         trial.set_user_attr("run_dir", run_dir.as_posix())
         print(f"namegen tune: trial {trial.number}: {_params_line(trial.params)}", flush=True)
         opts = TrainOptions(**{**vars(self.training), "model": str(config_file), "out": run_dir, "overwrite": True,
@@ -294,8 +292,8 @@ def _any_complete(study: optuna.Study) -> bool:
 
 def write_report(study: optuna.Study, space: SearchSpace, opts: TuneOptions, url: str) -> Path:
     """``<reports-dir>/<date>/tune-<study>.md`` (every trial), ``-best.yaml`` (a ready config) and Optuna's plots."""
-    out = opts.reports_dir / (opts.date or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"))
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dirs(opts.reports_dir / (opts.date or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")),
+                    about="reports_dir")
     stem = f"tune-{study.study_name}"
     lines = [f"# Recipe search: {study.study_name}", "", *_summary(study, space, url), ""]
     best = _best(study)
@@ -392,7 +390,4 @@ def _plot(study: optuna.Study, kind: str, path: Path) -> bool:
 
 def _write(path: Path, data) -> Path:
     """Write a report file atomically; ``data``: bytes, or a function writing to a binary file."""
-    try:
-        return atomic_write(path, data if callable(data) else (lambda f: f.write(data)))
-    except OSError as exc:
-        raise UserError(f"cannot write {display(path)}: {exc.strerror or exc}") from None
+    return atomic_write(path, data if callable(data) else (lambda f: f.write(data)), about="reports_dir")

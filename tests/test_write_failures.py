@@ -288,3 +288,22 @@ def test_a_report_on_a_full_disk_is_one_line(full_disk_run, tmp_path, monkeypatc
         assert re.fullmatch(rf"error: cannot write disk/reports/today/[\w.-]+: {DISK_FULL}; free some space or "
                             r"pass --reports-dir DIR on another disk", line), line
         assert temporaries(disk) == []
+
+
+@needs_mount
+def test_a_tune_report_on_a_full_disk_is_one_line(names_file, tmp_path, monkeypatch, capsys):
+    """namegen tune's trials run; its report cannot be written: one line, and the study keeps its trial."""
+    monkeypatch.chdir(tmp_path)
+    space = tmp_path / "space.yaml"
+    space.write_text("base: small\nparams:\n  lr: {type: float, low: 1.0e-3, high: 1.0e-2}\n")
+    smoke = ["--space", "space.yaml", "--data", str(names_file), "--trials", "1", "--max-epochs", "1",
+             "--limit-train-batches", "2", "--limit-val-batches", "1"]
+    with small_disk(tmp_path / "disk", "16k") as disk:
+        code = run("tune", [*smoke, "--reports-dir", "disk/reports", "--date", "today"])
+        assert code == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert re.fullmatch(rf"error: cannot write disk/reports/today/[\w.-]+: {DISK_FULL}; free some space or "
+                            r"pass --reports-dir DIR on another disk", line), line
+        assert temporaries(disk) == []
+    assert run("tune", [*smoke, "--reports-dir", "reports", "--date", "today"]) == 0  # the same study, reported
+    assert "1 complete" in (tmp_path / "reports/today/tune-small.md").read_text()
