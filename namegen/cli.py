@@ -406,15 +406,20 @@ def add_compare_arguments(p: Parser) -> None:
     _add_compare_training_arguments(p.add_argument_group("passed to training (--train only)"))
 
 
-def _add_compare_training_arguments(t) -> None:
+def _add_run_arguments(t, epochs_help: str) -> None:
+    """The training flags that compare and tune pass to each run they start."""
     t.add_argument("--data", default=None, help="names file to train on (default: the shipped names.txt)")
-    t.add_argument("--max-epochs", type=positive_int, default=None, help="epochs (default: each config's)")
+    t.add_argument("--max-epochs", type=positive_int, default=None, help=epochs_help)
     t.add_argument("--limit-train-batches", type=int_or_float, default=None,
                    help="batches per epoch (int) or fraction (float), for quick runs")
     t.add_argument("--limit-val-batches", type=int_or_float, default=None,
                    help="validation batches (int) or fraction (float)")
     t.add_argument("--accelerator", default="auto", help="auto, cpu or gpu (default: auto)")
     t.add_argument("--precision", default=None, help="as train's --precision (default: train's)")
+
+
+def _add_compare_training_arguments(t) -> None:
+    _add_run_arguments(t, "epochs (default: each config's)")
     t.add_argument("--group-by-length", action="store_true", help="batch names of similar length together")
     t.add_argument("--overwrite", action="store_true", help="replace earlier runs in <runs-dir>/<size>")
     t.add_argument("--resume", action="store_const", const="last", default=None,
@@ -472,15 +477,7 @@ def add_tune_arguments(p: Parser) -> None:
     p.add_argument("--sampler-seed", type=int, default=None,
                    help="seed of the TPE sampler (default: none; processes sharing a study need different seeds)")
     t = p.add_argument_group("passed to every trial's training run")
-    t.add_argument("--data", default=None, help="names file (default: the shipped names.txt)")
-    t.add_argument("--max-epochs", type=positive_int, default=None,
-                   help="epochs of every trial, overriding the searched max_epochs (smoke runs)")
-    t.add_argument("--limit-train-batches", type=int_or_float, default=None,
-                   help="batches per epoch (int) or fraction (float), for quick runs")
-    t.add_argument("--limit-val-batches", type=int_or_float, default=None,
-                   help="validation batches (int) or fraction (float)")
-    t.add_argument("--accelerator", default="auto", help="auto, cpu or gpu (default: auto)")
-    t.add_argument("--precision", default=None, help="as train's --precision (default: train's)")
+    _add_run_arguments(t, "epochs of every trial, overriding the searched max_epochs (smoke runs)")
     t.add_argument("--logger", choices=("wandb", "csv", "none"), default="csv",
                    help="csv (default): metrics.csv per trial; wandb: also a W&B run per trial, grouped by study")
     t.add_argument("--wandb-mode", choices=("offline", "online"), default=None,
