@@ -237,7 +237,10 @@ def machine() -> str:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} logical cores, {gpu}; torch {torch.__version__}"
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "unknown"
+    return (f"{cpu}, {os.cpu_count()} logical cores, {gpu}; torch {torch.__version__} on "
+            f"{torch.get_num_threads()} thread(s); load average {load} as the report was written "
+            "(wall times stretch on a busy machine)")
 
 
 README_START = "<!-- compare:start -->"
