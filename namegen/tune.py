@@ -165,11 +165,11 @@ def open_study(storage, name: str, space: SearchSpace, sampler_seed: int | None)
     pruner = optuna.pruners.MedianPruner(**space.pruner)
     study = optuna.create_study(storage=storage, study_name=name, direction="minimize", sampler=sampler,
                                 pruner=pruner, load_if_exists=True)
-    if not study.user_attrs:
-        study.set_user_attr("space", space.path.as_posix())
-        study.set_user_attr("base", space.base_name)
+    if not study.trials:
         for point in space.enqueue:
             study.enqueue_trial(point, skip_if_exists=True)
+    study.set_user_attr("space", _shown(space.path))  # the space it was last opened with (the dashboard shows it)
+    study.set_user_attr("base", space.base_name)
     return study
 
 
