@@ -63,7 +63,7 @@ class SearchSpace:
     params: dict[str, dict]  # recipe key -> {"type": float|int|categorical, ...}
     pruner: dict = field(default_factory=dict)  # MedianPruner's arguments
     sampler: dict = field(default_factory=dict)  # TPESampler's arguments
-    enqueue: list[dict] = field(default_factory=list)  # trials to run first in a new study
+    enqueue: list[dict] = field(default_factory=list)  # points to try first, once each
 
     def config_for(self, params: dict) -> Config:
         return self.base.replace(**params)
@@ -160,14 +160,13 @@ def open_storage(storage: str | None, runs_dir: Path):
 
 
 def open_study(storage, name: str, space: SearchSpace, sampler_seed: int | None) -> optuna.Study:
-    """Create the study, or load it to continue; a new study first runs the space's ``enqueue`` points."""
+    """Create the study, or load it to continue; the space's ``enqueue`` points not yet tried run first."""
     sampler = optuna.samplers.TPESampler(seed=sampler_seed, **space.sampler)
     pruner = optuna.pruners.MedianPruner(**space.pruner)
     study = optuna.create_study(storage=storage, study_name=name, direction="minimize", sampler=sampler,
                                 pruner=pruner, load_if_exists=True)
-    if not study.trials:
-        for point in space.enqueue:
-            study.enqueue_trial(point, skip_if_exists=True)
+    for point in space.enqueue:  # each point runs once: one already tried (in any state) is skipped
+        study.enqueue_trial(point, skip_if_exists=True)
     study.set_user_attr("space", _shown(space.path))  # the space it was last opened with (the dashboard shows it)
     study.set_user_attr("base", space.base_name)
     return study
