@@ -87,11 +87,16 @@ def test_a_study_runs_continues_and_reports(tmp_path, names_file):
     first = tune(tmp_path, *args, "--trials", "2")
     assert first.returncode == 0, first.stderr + first.stdout
     assert "0 finished trial(s), target 2" in first.stdout
+    # a point added to the space's enqueue list runs first when the study is next opened, and only once
+    write_space(space, yaml.safe_load(space.read_text())["params"], enqueue=[{"lr": 0.00321, "weight_drop": 0.123}])
     again = tune(tmp_path, *args, "--trials", "3")
     assert again.returncode == 0, again.stderr + again.stdout
     assert "2 finished trial(s), target 3" in again.stdout
     trials = trials_of(f"sqlite:///{tmp_path / 'runs/tune/optuna.db'}", "small")
     assert [t.number for t in trials] == [0, 1, 2] and all(t.state.name == "COMPLETE" for t in trials)
+    assert trials[2].params == {"lr": 0.00321, "weight_drop": 0.123}
+    assert tune(tmp_path, *args, "--trials", "3").returncode == 0  # the study is complete: nothing runs
+    assert len(trials_of(f"sqlite:///{tmp_path / 'runs/tune/optuna.db'}", "small")) == 3
     for t in trials:  # every trial is a normal run with its own config file
         run = tmp_path / t.user_attrs["run_dir"]
         assert (run / "best.ckpt").is_file() and (run / "metrics.csv").is_file()
