@@ -49,6 +49,11 @@ def positive_int(text: str) -> int:
     return value
 
 
+def trial_count(text: str) -> int:
+    """A count of trials, 0 or more."""
+    return 0 if text.strip() == "0" else positive_int(text)
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -459,9 +464,9 @@ def add_tune_arguments(p: Parser) -> None:
     p.add_argument("--model", default="small", help=f"size whose recipe is searched: {', '.join(SIZES)} "
                    "(default: small)")
     p.add_argument("--space", default=None, help="search-space YAML (default: configs/search/<model>.yaml)")
-    p.add_argument("--trials", type=positive_int, default=40,
+    p.add_argument("--trials", type=trial_count, default=40,
                    help="finished (complete or pruned) trials the study should hold; trials run until it does "
-                        "(default: 40)")
+                        "(default: 40; 0 runs none and writes the report of the study as it stands)")
     p.add_argument("--timeout", type=positive_float, default=None,
                    help="seconds after which no new trial starts (the running one finishes)")
     p.add_argument("--storage", default=None,

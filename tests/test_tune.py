@@ -97,6 +97,10 @@ def test_a_study_runs_continues_and_reports(tmp_path, names_file):
     assert trials[2].params == {"lr": 0.00321, "weight_drop": 0.123}
     assert tune(tmp_path, *args, "--trials", "3").returncode == 0  # the study is complete: nothing runs
     assert len(trials_of(f"sqlite:///{tmp_path / 'runs/tune/optuna.db'}", "small")) == 3
+    (tmp_path / "reports/d/tune-small.md").unlink()
+    only_report = tune(tmp_path, *args, "--trials", "0")  # 0: no trial, the report of the study as it stands
+    assert only_report.returncode == 0 and "trial 3" not in only_report.stdout
+    assert (tmp_path / "reports/d/tune-small.md").is_file()
     for t in trials:  # every trial is a normal run with its own config file
         run = tmp_path / t.user_attrs["run_dir"]
         assert (run / "best.ckpt").is_file() and (run / "metrics.csv").is_file()
