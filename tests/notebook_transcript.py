@@ -1,4 +1,4 @@
-"""The GRU notebook, transcribed from the GRU notebook (gru-notebook.txt, the project's seed, not in the repository): the one transcription in the repo.
+"""The GRU notebook (gru-notebook.txt, the project's seed, kept outside the repository), transcribed: the one transcription in the repo.
 
 Test-only: namegen must read the files these write without importing them;
 tests/test_notebook.py builds notebook .pth files with it, and bench/ imports it
