@@ -125,6 +125,16 @@ def _check_param(path: Path, key: str, spec, base: Config) -> None:
         raise UserError(f"{path}: {key}: needs low <= high", about="space")
 
 
+def distribution(spec: dict) -> optuna.distributions.BaseDistribution:
+    """The Optuna distribution a searched key's spec describes (what ``suggest`` asks the sampler for)."""
+    args = {k: v for k, v in spec.items() if k != "type"}
+    if spec["type"] == "categorical":
+        return optuna.distributions.CategoricalDistribution(args["choices"])
+    if spec["type"] == "int":
+        return optuna.distributions.IntDistribution(**args)
+    return optuna.distributions.FloatDistribution(**args)
+
+
 def suggest(trial: optuna.Trial, space: SearchSpace) -> dict:
     """One value per searched key, from Optuna's sampler."""
     values = {}
@@ -165,11 +175,35 @@ def open_study(storage, name: str, space: SearchSpace, sampler_seed: int | None)
     pruner = optuna.pruners.MedianPruner(**space.pruner)
     study = optuna.create_study(storage=storage, study_name=name, direction="minimize", sampler=sampler,
                                 pruner=pruner, load_if_exists=True)
+    check_space_fits(study, space)
     for point in space.enqueue:  # each point runs once: one already tried (in any state) is skipped
         study.enqueue_trial(point, skip_if_exists=True)
     study.set_user_attr("space", _shown(space.path))  # the space it was last opened with (the dashboard shows it)
     study.set_user_attr("base", space.base_name)
     return study
+
+
+def check_space_fits(study: optuna.Study, space: SearchSpace) -> None:
+    """Refuse a space whose key changed in a way Optuna cannot continue a study with (another kind,
+    log scale switched, categorical choices edited); ranges of numbers may widen or narrow."""
+    seen = {}
+    for trial in study.get_trials(deepcopy=False):
+        seen.update({k: d for k, d in trial.distributions.items() if k in space.params and k not in seen})
+    for key, old in seen.items():
+        try:
+            optuna.distributions.check_distribution_compatibility(old, distribution(space.params[key]))
+        except ValueError:
+            raise UserError(f"{_shown(space.path)}: {key} is searched as {_describe(space.params[key])}, but study "
+                            f"{study.study_name!r} searched it as {_describe_distribution(old)}; Optuna cannot "
+                            f"change that within a study: keep it, or start a new study with --study NAME",
+                            about="space") from None
+
+
+def _describe_distribution(dist) -> str:
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return "one of " + ", ".join(map(str, dist.choices))
+    kind = "int" if isinstance(dist, optuna.distributions.IntDistribution) else "float"
+    return f"{kind} {dist.low} to {dist.high}{' (log scale)' if dist.log else ''}"
 
 
 def fail_dead_trials(study: optuna.Study) -> list[int]:

@@ -16,7 +16,7 @@ import yaml
 from conftest import ROOT
 from namegen.config import CONFIG_DIR, load_config
 from namegen.errors import UserError
-from namegen.tune import load_search_space, search_space_path
+from namegen.tune import load_search_space, open_study, search_space_path, suggest
 
 SMOKE = ("--max-epochs", "2", "--limit-train-batches", "2", "--limit-val-batches", "1")
 
@@ -79,6 +79,30 @@ def test_bad_search_spaces_are_one_line(tmp_path, params, match):
 
 
 @pytest.mark.slow
+def test_a_space_edited_in_a_way_optuna_cannot_continue_is_refused(tmp_path):
+    """Ranges may change between sessions of one study; categorical choices may not (Optuna refuses them
+    mid-trial with a traceback), so opening the study says which key, and what to do, first."""
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    lr = {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}
+    first = load_search_space(write_space(tmp_path / "a.yaml", {
+        "lr": lr, "batch_size": {"type": "categorical", "choices": [64, 128]}}))
+    study = open_study(storage, "edited", first, sampler_seed=0)
+    study.optimize(lambda trial: suggest(trial, first)["lr"], n_trials=2)
+    widened = load_search_space(write_space(tmp_path / "b.yaml", {
+        "lr": {**lr, "low": 1e-4}, "batch_size": {"type": "categorical", "choices": [64, 128]}}))
+    open_study(storage, "edited", widened, sampler_seed=1).optimize(lambda t: suggest(t, widened)["lr"], n_trials=1)
+    edited = load_search_space(write_space(tmp_path / "c.yaml", {
+        "lr": lr, "batch_size": {"type": "categorical", "choices": [64, 128, 256]}}))
+    with pytest.raises(UserError, match=r"batch_size is searched as one of 64, 128, 256, but study 'edited' "
+                                        r"searched it as one of 64, 128; .* --study NAME"):
+        open_study(storage, "edited", edited, sampler_seed=2)
+    unlogged = load_search_space(write_space(tmp_path / "d.yaml", {
+        "lr": {**lr, "log": False}, "batch_size": {"type": "categorical", "choices": [64, 128]}}))
+    with pytest.raises(UserError, match=r"lr is searched as float 0.001 to 0.01, but .* \(log scale\)"):
+        open_study(storage, "edited", unlogged, sampler_seed=3)
+    assert len(study.get_trials()) == 3
+
+
 def test_a_study_runs_continues_and_reports(tmp_path, names_file):
     """Default SQLite storage; the same command continues the study; report, plots and best config."""
     space = write_space(tmp_path / "space.yaml", {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
