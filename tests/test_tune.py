@@ -75,10 +75,6 @@ def test_bad_search_spaces_are_one_line(tmp_path, params, match):
     assert exc.value.about == "space" and "space.yaml" in str(exc.value)
 
 
-# ----------------------------------------------------------------------------- studies, as processes
-
-
-@pytest.mark.slow
 def test_a_space_edited_in_a_way_optuna_cannot_continue_is_refused(tmp_path):
     """Ranges may change between sessions of one study; categorical choices may not (Optuna refuses them
     mid-trial with a traceback), so opening the study says which key, and what to do, first."""
@@ -103,6 +99,10 @@ def test_a_space_edited_in_a_way_optuna_cannot_continue_is_refused(tmp_path):
     assert len(study.get_trials()) == 3
 
 
+# ----------------------------------------------------------------------------- studies, as processes
+
+
+@pytest.mark.slow
 def test_a_study_runs_continues_and_reports(tmp_path, names_file):
     """Default SQLite storage; the same command continues the study; report, plots and best config."""
     space = write_space(tmp_path / "space.yaml", {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
