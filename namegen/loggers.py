@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import os
+import threading
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -45,12 +46,37 @@ def check_wandb_online(timeout: int = 15) -> None:
         with _quiet_wandb():
             verified = wandb.login(prompt=False, verify=True, timeout=timeout)
     except Exception as exc:  # AuthenticationError, a timeout, no network: W&B raises several kinds
+        _stop_wandb_service()
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise UserError(f"W&B cannot be reached or refused the login ({first}); check the network and "
                         "`wandb login`, or use --wandb-mode offline and `wandb sync` later", about="wandb_mode") from None
     if not verified:
         raise UserError("online needs a W&B login: run `wandb login` (or set WANDB_API_KEY), or use --wandb-mode "
                         "offline and `wandb sync` later", about="wandb_mode")
+
+
+def _stop_wandb_service(grace: float = 5.0) -> None:
+    """End W&B's service process after a failed login, so the error exits at once.
+
+    The service may still be retrying the request that failed, and W&B's exit hook waits for it
+    without a limit (an intermittent hang after the message): tear it down now, and kill it if it
+    has not ended ``grace`` seconds after being asked. No run exists yet, so nothing is lost.
+    """
+    from wandb.sdk import wandb_setup  # the service W&B started for the login, if any
+
+    connection = getattr(wandb_setup._singleton, "_connection", None)
+    process = getattr(getattr(connection, "_proc", None), "_process", None)  # a subprocess.Popen
+    killer = threading.Timer(grace, process.kill) if process is not None else None
+    if killer is not None:
+        killer.daemon = True
+        killer.start()
+    try:
+        wandb.teardown()
+    except (Exception, SystemExit):  # W&B exits with the service's code when it had to be killed
+        pass
+    finally:
+        if killer is not None:
+            killer.cancel()
 
 
 @contextlib.contextmanager

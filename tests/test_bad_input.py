@@ -342,6 +342,41 @@ def test_wandb_online_with_no_network_stops_before_anything_is_written(names_fil
     assert not out.exists()
 
 
+CHECK_THEN_LIST_CHILDREN = """
+import os, pathlib, socket, sys
+from namegen.errors import UserError
+from namegen.loggers import check_wandb_online
+server = socket.socket(); server.bind(("127.0.0.1", int(sys.argv[1]))); server.listen(8)  # accepts, never answers
+try:
+    check_wandb_online(timeout=5)
+except UserError as exc:
+    print("refused:", exc)
+stats = [p.read_text() for p in pathlib.Path("/proc").glob("[0-9]*/stat")]  # pid (name) state ppid ...
+print("children:", [s.split(" (")[1].rsplit(")", 1)[0] for s in stats if int(s.rsplit(")", 1)[1].split()[1]) == os.getpid()])
+"""
+
+
+@pytest.mark.slow
+def test_a_failed_wandb_login_leaves_no_service_process_to_wait_for(tmp_path):
+    """A server that accepts and never answers keeps W&B's service busy with the request; W&B's exit hook
+    waits for that process without a limit (a hang after the error). It must be gone when the error is raised."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:  # a free port for the silent server
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": f"http://127.0.0.1:{port}",
+           "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config")}
+    env.pop("WANDB_MODE", None)
+    proc = subprocess.run([sys.executable, "-c", CHECK_THEN_LIST_CHILDREN, str(port)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=240)
+    assert "refused: W&B cannot be reached" in proc.stdout, proc.stdout + proc.stderr
+    assert "children: []" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_a_wandb_run_that_cannot_start_stops_before_training(names_file, tmp_path, capsys):
     """A real W&B failure: its run directory cannot be made (a file stands where it goes)."""
     out = tmp_path / "run"
