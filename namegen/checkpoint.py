@@ -9,6 +9,8 @@ A checkpoint is a ``torch.save``\\ d dictionary of tensors and plain types only,
      # and, in the ones train.py writes, Lightning's training state:
      "epoch", "global_step", "optimizer_states", "lr_schedulers", "loops", "callbacks", "hyper_parameters",
      "namegen_rng"}
+     # and, when the config sets ema_decay: "state_dict" is the weights' moving average (what validation
+     # measured), "current_model_state" the trained weights, "averaging_state" the average's step count
 
 ``FORMAT`` is the version of ``meta``; format 1 is the only one so far
 (tests/fixtures/format1 holds one written before the package was reorganised).

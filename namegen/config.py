@@ -68,6 +68,9 @@ class Config:
     weight_drop: float = 0.0  # DropConnect on the hidden-to-hidden matrices, a fresh mask per batch
     embd_dropout: float = 0.0  # on the embedding's output
     layer_dropout: float = 0.0  # on each layer's output, into the next layer and the head
+    # weight averaging (Lightning's EMAWeightAveraging), 0 = off: validation and the checkpoints use an
+    # exponential moving average of the weights, updated every step with this decay
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         positive = ("n_layer", "n_embd", "n_hidden", "max_epochs", "batch_size", "block_size")
@@ -77,6 +80,8 @@ class Config:
         for name in DROPOUTS:
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise UserError(f"config: {name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise UserError(f"config: ema_decay must be in [0, 1) (0 = no weight averaging), got {self.ema_decay}")
         if self.lr <= 0:
             raise UserError(f"config: lr must be positive, got {self.lr}")
         if self.optimizer not in OPTIMIZERS:

@@ -23,7 +23,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
 from namegen.api import check_device
@@ -305,6 +305,8 @@ def build_trainer(plan: RunPlan, opts: TrainOptions, n_params: int) -> tuple[pl.
         callbacks.append(EpochLine())
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if plan.config.ema_decay:  # after SampleTable: its samples come from the average that validation measures
+        callbacks.append(EMAWeightAveraging(decay=plan.config.ema_decay))
     callbacks += opts.callbacks
     if plan.config.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=plan.config.early_stopping_patience))

@@ -1,0 +1,76 @@
+"""Weight averaging (``ema_decay``): Lightning's EMAWeightAveraging in a namegen run.
+
+Validation measures the average, best.ckpt and last.ckpt hold it (the trained weights ride along
+for --resume), sampling and evaluation read it, and a resumed run continues the same average.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from namegen.checkpoint import STATE_PREFIX
+from namegen.config import load_config
+from namegen.errors import UserError
+from namegen.evaluate import evaluate_checkpoint
+from cli_helpers import run
+
+
+def write_config(tmp_path, **overrides) -> str:
+    """configs/small.yaml, shrunk to run in seconds, with ``overrides``."""
+    cfg = load_config("small").replace(n_embd=16, n_hidden=32, max_epochs=3, batch_size=32, lr=3e-3, **overrides)
+    path = tmp_path / "averaged.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    return str(path)
+
+
+def train(names_file, out, config, *extra) -> None:
+    argv = ["--model", config, "--data", names_file, "--out", out, "--limit-train-batches", "8",
+            "--accelerator", "cpu", "--logger", "csv", *extra]
+    assert run("train", argv) == 0
+
+
+def best_score(ckpt: dict) -> float:
+    return next(v for k, v in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint"))["best_model_score"].item()
+
+
+def test_best_ckpt_holds_the_average_that_validation_measured(names_file, tmp_path):
+    out = tmp_path / "run"
+    train(names_file, out, write_config(tmp_path, ema_decay=0.9))
+    ckpt = torch.load(out / "best.ckpt", weights_only=True)
+    average, trained = ckpt["state_dict"], ckpt["current_model_state"]
+    assert set(average) == set(trained) and any(k.startswith(STATE_PREFIX) for k in average)
+    assert any(not torch.equal(average[k], trained[k]) for k in average)  # two different sets of weights
+    ev = evaluate_checkpoint(out / "best.ckpt", num_samples=20)  # what evaluate.py, sample and export read
+    assert ev.likelihood.nll == pytest.approx(best_score(ckpt), abs=2e-4)
+
+
+def test_without_ema_decay_the_checkpoint_holds_the_trained_weights(names_file, tmp_path):
+    out = tmp_path / "run"
+    train(names_file, out, write_config(tmp_path))
+    ckpt = torch.load(out / "best.ckpt", weights_only=True)
+    assert "current_model_state" not in ckpt
+    assert not any(k.startswith("EMAWeightAveraging") for k in ckpt["callbacks"])
+
+
+def test_a_resumed_run_continues_the_same_average(names_file, tmp_path):
+    """Two epochs, then --resume to three, ends with the weights and average of three epochs at once
+    (a constant learning rate: the cosine schedule's length follows --max-epochs)."""
+    config = write_config(tmp_path, ema_decay=0.9, lr_schedule="constant")
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(names_file, straight, config)
+    train(names_file, split, config, "--max-epochs", "2")
+    train(names_file, split, config, "--resume", "--max-epochs", "3")
+    a = torch.load(straight / "last.ckpt", weights_only=True)
+    b = torch.load(split / "last.ckpt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    for key in ("state_dict", "current_model_state"):
+        for name, value in a[key].items():
+            assert torch.allclose(value, b[key][name], atol=1e-6), (key, name)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0])
+def test_ema_decay_outside_0_to_1_is_refused(value):
+    with pytest.raises(UserError, match="ema_decay must be in"):
+        load_config("small").replace(ema_decay=value)
