@@ -33,7 +33,7 @@ from namegen.checkpoint import read_training_checkpoint, remove_stale_temporarie
 from namegen.config import Config, config_path, load_config, run_name_of
 from namegen.data import DEFAULT_DATA, Vocab
 from namegen.datamodule import NamesDataModule
-from namegen.errors import Interrupted, PeerStopped, UserError
+from namegen.errors import Interrupted, PeerStopped, TrainingDiverged, UserError
 from namegen.loggers import (
     build_loggers, check_wandb_online, find_wandb_logger, finish_wandb, start_wandb, wandb_mode,
 )
@@ -369,9 +369,11 @@ def _fit(plan: RunPlan, opts: TrainOptions, datamodule: NamesDataModule, module:
         if trainer.interrupted:  # Ctrl-C: Lightning shut down gracefully and is exiting
             raise _interrupted(plan, trainer) from None
         raise
-    except UserError:  # a refused write, a divergence: Lightning has torn down; close the W&B run too
+    except UserError as exc:  # a refused write, a divergence: Lightning has torn down; close the W&B run too
         if trainer.is_global_zero:
             finish_wandb(find_wandb_logger(trainer), exit_code=1)
+        elif isinstance(exc, TrainingDiverged):  # every process diverges at the same step; rank 0 says so
+            raise PeerStopped() from None
         raise
     except RuntimeError as exc:
         if not trainer.is_global_zero and peer_gone(exc):  # rank 0 stopped and prints why: one line, not two

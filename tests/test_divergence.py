@@ -58,6 +58,15 @@ def test_a_real_divergence_stops_train_py_in_one_line(tmp_path, names_file):
     assert {name: (out / name).read_bytes() for name in earlier} == earlier
 
 
+@pytest.mark.slow
+def test_a_distributed_run_that_diverges_says_so_once(tmp_path, names_file):
+    """Both DDP processes stop at the same step; rank 0 prints the one line, rank 1 nothing."""
+    config = _config(tmp_path, lr="1000000.0", grad_clip="0.0")
+    proc = run_cli("train.py", "--model", str(config), "--data", str(names_file), "--out", str(tmp_path / "run"),
+                   "--max-epochs", "3", "--devices", "2", "--strategy", "ddp", *TINY, cwd=tmp_path)
+    _one_error_line(proc.returncode, proc.stderr, "error: training diverged: train/loss is ", "lower --lr")
+
+
 def test_divergence_in_a_later_epoch_keeps_that_runs_checkpoints(tmp_path, names_file, monkeypatch, capsys):
     """Epoch 1 trains and saves; in epoch 2 the lr jumps to 1e6 (a real divergence follows, in a few steps):
     trainer.fit raises TrainingDiverged, train.py prints it as one line, best/last.ckpt are epoch 1's."""
