@@ -173,7 +173,7 @@ def recipe(config: dict) -> str:
     """The training recipe of a config, in one line."""
     keys = ("max_epochs", "lr", "batch_size", "dropout", "optimizer", "weight_decay", "lr_schedule", "grad_clip",
             "early_stopping_patience", "seed")
-    optional = ("variational_dropout", "weight_drop", "embd_dropout", "layer_dropout", "split_seed")  # when set
+    optional = ("variational_dropout", "weight_drop", "embd_dropout", "layer_dropout", "ema_decay", "split_seed")  # when set
     return ", ".join([f"{k} {config[k]}" for k in keys if k in config] +
                      [f"{k} {config[k]}" for k in optional if config.get(k)])
 

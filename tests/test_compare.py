@@ -171,3 +171,12 @@ def test_a_run_cut_short_says_so_in_the_epochs_column():
     cells = Row("medium", ev, hist).cells()
     assert cells[2] == "3 of 40 (best 2)" and cells[5] == "1h 02m 05s" and cells[6] == "1,500"
     assert Row("medium", ev, None).cells()[2:7:3] == ["n/a", "n/a"]
+
+
+def test_the_recipe_line_names_every_regulariser_that_is_set():
+    from namegen.compare import recipe
+    from namegen.config import load_config
+
+    line = recipe(load_config("small").replace(variational_dropout=0.6, ema_decay=0.9995).to_dict())
+    assert "variational_dropout 0.6" in line and "ema_decay 0.9995" in line
+    assert "weight_drop" not in line  # left out when off
