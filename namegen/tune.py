@@ -190,20 +190,23 @@ def check_space_fits(study: optuna.Study, space: SearchSpace) -> None:
     for trial in study.get_trials(deepcopy=False):
         seen.update({k: d for k, d in trial.distributions.items() if k in space.params and k not in seen})
     for key, old in seen.items():
+        new = distribution(space.params[key])
         try:
-            optuna.distributions.check_distribution_compatibility(old, distribution(space.params[key]))
+            optuna.distributions.check_distribution_compatibility(old, new)
         except ValueError:
-            raise UserError(f"{_shown(space.path)}: {key} is searched as {_describe(space.params[key])}, but study "
-                            f"{study.study_name!r} searched it as {_describe_distribution(old)}; Optuna cannot "
+            raise UserError(f"{_shown(space.path)}: {key} is searched as {_describe(new)}, but study "
+                            f"{study.study_name!r} searched it as {_describe(old)}; Optuna cannot "
                             f"change that within a study: keep it, or start a new study with --study NAME",
                             about="space") from None
 
 
-def _describe_distribution(dist) -> str:
+def _describe(dist: optuna.distributions.BaseDistribution) -> str:
+    """A key's range in words, as the report's space list and the errors print it."""
     if isinstance(dist, optuna.distributions.CategoricalDistribution):
         return "one of " + ", ".join(map(str, dist.choices))
     kind = "int" if isinstance(dist, optuna.distributions.IntDistribution) else "float"
-    return f"{kind} {dist.low} to {dist.high}{' (log scale)' if dist.log else ''}"
+    scale = " (log scale)" if dist.log else f" (step {dist.step})" if dist.step not in (None, 1) else ""
+    return f"{kind} {dist.low} to {dist.high}{scale}"
 
 
 def fail_dead_trials(study: optuna.Study) -> list[int]:
@@ -357,7 +360,7 @@ def _summary(study: optuna.Study, space: SearchSpace, url: str) -> list[str]:
     counts = {s: len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
     shown_url = url if "://" in url and not url.startswith("sqlite") else display(url.removeprefix("sqlite:///"))
     space_path = _shown(space.path)
-    space_lines = [f"  - `{k}`: {_describe(spec)}" for k, spec in space.params.items()]
+    space_lines = [f"  - `{k}`: {_describe(distribution(spec))}" for k, spec in space.params.items()]
     return [f"- storage: `{shown_url}`; search space: `{space_path}` (base config: {space.base_name})",
             f"- trials: {counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
             f"{counts[TrialState.FAIL]} failed, {counts[TrialState.RUNNING]} running",
@@ -371,13 +374,6 @@ def _shown(path: Path) -> str:
     if Path(shown).is_absolute() and path.resolve().is_relative_to(CONFIG_DIR.resolve()):
         return (Path("configs") / path.resolve().relative_to(CONFIG_DIR.resolve())).as_posix()
     return shown
-
-
-def _describe(spec: dict) -> str:
-    if spec["type"] == "categorical":
-        return "one of " + ", ".join(map(str, spec["choices"]))
-    scale = " (log scale)" if spec.get("log") else f" (step {spec['step']})" if spec.get("step") else ""
-    return f"{spec['type']} {spec['low']} to {spec['high']}{scale}"
 
 
 def _trial_table(study: optuna.Study) -> list[str]:
