@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from torchmetrics import MeanMetric
 
-from namegen.checkpoint import build_meta
+from namegen.checkpoint import STATE_PREFIX, build_meta
 from namegen.config import Config
 from namegen.data import IGNORE, Vocab
 from namegen.errors import TrainingDiverged
@@ -124,9 +124,12 @@ class NameGenModule(pl.LightningModule):
                                 f"{self.global_step + 1}; {kept}; {hint}")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        bad = next((n for n, p in self.model.named_parameters() if not p.isfinite().all()), None)
-        if bad is not None:  # never save the weights of a diverged run (DDP: the same weights on every rank)
-            raise self._diverged(f"weight {bad} is not finite")
+        # Callbacks ran first: with ema_decay, state_dict is already the average and the trained weights
+        # are in current_model_state. Never save a diverged set of either (DDP: the same on every rank).
+        saved = [(n, t) for part in ("state_dict", "current_model_state") for n, t in checkpoint.get(part, {}).items()]
+        bad = next((n for n, t in saved if torch.is_floating_point(t) and not t.isfinite().all()), None)
+        if bad is not None:
+            raise self._diverged(f"weight {bad.removeprefix(STATE_PREFIX)} is not finite")
         meta = build_meta(self.config, Vocab(self.vocab_chars), self.model.num_parameters(), **self.meta)
         run_id = _wandb_run_id(self._trainer)
         if run_id:

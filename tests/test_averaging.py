@@ -48,7 +48,7 @@ def test_best_ckpt_holds_the_average_that_validation_measured(names_file, tmp_pa
 
 def test_without_ema_decay_the_checkpoint_holds_the_trained_weights(names_file, tmp_path):
     out = tmp_path / "run"
-    train(names_file, out, write_config(tmp_path))
+    train(names_file, out, write_config(tmp_path, ema_decay=0.0))
     ckpt = torch.load(out / "best.ckpt", weights_only=True)
     assert "current_model_state" not in ckpt
     assert not any(k.startswith("EMAWeightAveraging") for k in ckpt["callbacks"])

@@ -15,7 +15,7 @@ TABLE = {  # the notebook's table: layers, embd, hidden, epochs, lr, batch, bloc
 RECIPE_CHANGES = {
     "small": {"lr": 3e-3, "dropout": 0.05, "max_epochs": 80, "batch_size": 64, "optimizer": "adamw"},
     "medium": {"lr": 1.273e-3, "dropout": 0.02389, "max_epochs": 60, "batch_size": 64, "optimizer": "adamw"},
-    "large": {"lr": 6e-4, "dropout": 0.0, "max_epochs": 25, "batch_size": 64},
+    "large": {"lr": 9.06e-4, "dropout": 0.0, "max_epochs": 30, "batch_size": 64},
 }
 COLUMNS = ("n_layer", "n_embd", "n_hidden", "max_epochs", "lr", "batch_size", "block_size", "dropout", "optimizer")
 

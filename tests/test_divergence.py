@@ -109,10 +109,12 @@ def test_the_exception_propagates_out_of_fit(tmp_path, names_file, monkeypatch):
     assert trainer.global_step < 20  # it stopped at the first bad step, within the first epoch
 
 
-def test_non_finite_weights_are_never_saved(tmp_path, names_file, monkeypatch, capsys):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.999])
+def test_non_finite_weights_are_never_saved(tmp_path, names_file, monkeypatch, capsys, ema_decay):
     """A weight turned inf where the validation loss does not see it (the padding token's embedding
     row; with val/loss nan Lightning saves neither best nor last anyway): the checkpoint callback
-    would save it, on_save_checkpoint refuses, and the earlier checkpoints stay."""
+    would save it, on_save_checkpoint refuses, and the earlier checkpoints stay. With weight averaging
+    the inf lands in the average (validation runs on it), which the checkpoint saves as its state_dict."""
     out = tmp_path / "run"
     saved = {}
 
@@ -123,7 +125,9 @@ def test_non_finite_weights_are_never_saved(tmp_path, names_file, monkeypatch, c
                 self.model.embedding.weight[0, 0] = float("inf")
 
     monkeypatch.setattr(NameGenModule, "on_validation_epoch_start", on_validation_epoch_start, raising=False)
-    code = run("train", ["--data", str(names_file), "--out", str(out), "--max-epochs", "3", *TINY])
+    config = _config(tmp_path, ema_decay=ema_decay)
+    code = run("train", ["--model", str(config), "--data", str(names_file), "--out", str(out), "--max-epochs", "3",
+                         *TINY])
     _, err = capsys.readouterr()
     _one_error_line(code, err, "error: training diverged: weight embedding.weight is not finite at epoch 2",
                     "best.ckpt and last.ckpt are from before it")

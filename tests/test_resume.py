@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import ROOT
 from namegen.config import load_config
@@ -228,7 +229,9 @@ def test_last_ckpt_is_written_every_epoch_also_when_val_loss_gets_worse(names_fi
     few = tmp_path / "few.txt"  # 48 training names: memorised within a few epochs, then val/loss rises
     few.write_text("\n".join(names_file.read_text().splitlines()[:60]) + "\n")
     out = tmp_path / "run"
-    argv = ["--data", few, "--out", out, "--max-epochs", "30", "--limit-train-batches", "1",
+    plain = tmp_path / "plain.yaml"  # no weight averaging: the average of 30 steps would barely move
+    plain.write_text(yaml.safe_dump(load_config("small").replace(ema_decay=0.0).to_dict()))
+    argv = ["--model", plain, "--data", few, "--out", out, "--max-epochs", "30", "--limit-train-batches", "1",
             "--limit-val-batches", "1", "--lr", "0.05", "--accelerator", "cpu", "--logger", "none"]
     assert run("train", argv) == 0
     best = torch.load(out / "best.ckpt", weights_only=True)["epoch"]
