@@ -90,7 +90,7 @@ def run_namegen(size: str, device: str, args, env: dict, commands: list) -> dict
         cmd += ["--limit-train-batches", str(QUICK_BATCHES)]
     process_s, stdout = timed(cmd, env, commands)
     m = read_metrics(out / "metrics.csv")
-    config = re.search(r"^config: (\{.*\})$", stdout, re.MULTILINE)  # train.py prints the config it trains
+    config = re.search(r"^config(?: \(.*?\))?: (\{.*\})$", stdout, re.MULTILINE)  # "config (FILE): {...}"
     return {"epoch_s": m["time/train_s"], "wall_s": m["time/wall_s"], "process_s": process_s,
             "real_tokens": int(m["time/train_tokens"]), "tokens_per_s": m["train/tokens_per_s"],
             "batch_size": json.loads(config.group(1))["batch_size"] if config else "?", "ckpt": out / "best.ckpt"}
