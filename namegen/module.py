@@ -126,7 +126,8 @@ class NameGenModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Callbacks ran first: with ema_decay, state_dict is already the average and the trained weights
         # are in current_model_state. Never save a diverged set of either (DDP: the same on every rank).
-        saved = [(n, t) for part in ("state_dict", "current_model_state") for n, t in checkpoint.get(part, {}).items()]
+        parts = ("state_dict", "current_model_state")
+        saved = [(n, t) for part in parts for n, t in checkpoint.get(part, {}).items()]
         bad = next((n for n, t in saved if torch.is_floating_point(t) and not t.isfinite().all()), None)
         if bad is not None:
             raise self._diverged(f"weight {bad.removeprefix(STATE_PREFIX)} is not finite")

@@ -10,7 +10,7 @@ TABLE = {  # the notebook's table: layers, embd, hidden, epochs, lr, batch, bloc
 }
 
 # Recipe columns the configs change on purpose (issues 4, 11 and 16, to reach the quality targets; the searches
-# in reports/2026-11-25 and reports/2026-12-02, and docs/comparing.md, say why). Every other column must stay
+# in reports/2026-11-25, 2026-12-02 and 2026-12-06, and docs/comparing.md, say why). Every other column must stay
 # the notebook's; the architecture never changes.
 RECIPE_CHANGES = {
     "small": {"lr": 3e-3, "dropout": 0.05, "max_epochs": 80, "batch_size": 64, "optimizer": "adamw"},
