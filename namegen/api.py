@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from namegen.checkpoint import LoadedModel, from_checkpoint_dict, read_checkpoint
-from namegen.data import IGNORE, encode_names, find_training_file, read_names
+from namegen.data import IGNORE, TITLE, encode_names, find_training_file, read_names, shown
 from namegen.errors import DeviceUnavailable, UserError
 from namegen.model import char_nll
 from namegen.notebook import from_notebook, is_notebook_checkpoint
@@ -68,6 +68,14 @@ class NameGenerator:
         self.meta = loaded.meta
         self.device = torch.device(device)
         self.start_token = loaded.start_token  # 1 ('.'), or 0 (padding) for notebook models
+        self.case = loaded.case  # "title": learned in lower case, shown capitalised
+
+    def learned_form(self, text: str) -> str:
+        """``text`` as the model writes it: lower case where the model learned lower case ("title"), or
+        where the vocabulary has the lower-case letter but not the one given (``Ka`` on a lowercase model)."""
+        chars = self.vocab.stoi
+        return "".join(c.lower() if len(c.lower()) == 1 and (self.case == TITLE or c not in chars)
+                       and c.lower() in chars else c for c in text)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "NameGenerator":
@@ -127,6 +135,7 @@ class NameGenerator:
         """Like ``sample``, with each name's log-probability under the model (nats,
         temperature 1, prefix and end token included)."""
         max_len = self.block_size if max_len is None else max_len
+        typed, prefix = prefix, self.learned_form(prefix)
         self._check(n, temperature, top_k, prefix, max_len, min_len)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(seed if seed is not None else int(torch.seed() % (2**63)))
@@ -144,7 +153,10 @@ class NameGenerator:
                 generator=generator,
                 device=self.device,
             )
-            return [(self.vocab.decode(row), float(lp)) for row, lp in zip(ids, logprob)]
+            names = [shown(self.vocab.decode(row), self.case) for row in ids]
+            if typed != prefix:  # names start with the prefix as it was typed
+                names = [typed + name[len(typed):] for name in names]
+            return list(zip(names, map(float, logprob)))
 
         if not unique and exclude is None:
             out: list[tuple[str, float]] = []
@@ -166,6 +178,7 @@ class NameGenerator:
         """Per-name negative log-likelihood (nats), end token included."""
         if not names:
             return []
+        names = [self.learned_form(name) for name in names]
         for name in names:
             unknown = self.vocab.unknown_chars(name)
             if unknown or not name:

@@ -9,15 +9,16 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 import wandb
 
 from namegen.checkpoint import atomic_torch_save
-from namegen.data import IGNORE, Vocab
+from namegen.data import AS_IS, IGNORE, Vocab, shown
 from namegen.loggers import find_wandb_logger
 from namegen.sampling import sample_ids
+from torch.optim.swa_utils import get_ema_avg_fn
 
 
 class RunClock(pl.Callback):
@@ -114,7 +115,7 @@ class SampleTable(pl.Callback):
             device=pl_module.device,
         )
         vocab = Vocab(pl_module.vocab_chars)
-        names = [vocab.decode(row) for row in ids]
+        names = [shown(vocab.decode(row), pl_module.meta.get("case") or AS_IS) for row in ids]
         self.rows.extend([trainer.current_epoch, name] for name in names)
         # W&B tables are immutable once logged: log the table so far, one row per name.
         logger.log_table(key="samples", columns=["epoch", "name"], data=list(self.rows))
@@ -167,6 +168,45 @@ class ModelArtifact(pl.Callback):
                                   description="namegen best.ckpt: sample with `namegen sample --ckpt best.ckpt`")
         artifact.add_file(best, name="best.ckpt")
         run.log_artifact(artifact, aliases=["best", "latest"])
+
+
+def horizon_decay(decay: float, steps: int, max_fraction: float = 0.25) -> float:
+    """The decay an average of ``steps`` optimizer steps uses: ``decay``, or less, so that the average
+    spans (``1 / (1 - d)`` steps) at most ``max_fraction`` of them."""
+    return min(decay, max(0.0, 1.0 - 1.0 / (max_fraction * max(steps, 1))))
+
+
+class RunLengthEMA(EMAWeightAveraging):
+    """Lightning's ``EMAWeightAveraging`` with a horizon that follows the run's length.
+
+    An average with decay ``d`` spans about ``1 / (1 - d)`` steps. On a short list a run has few
+    steps (398 names at batch 64: 5 a step, 400 in 80 epochs), and an average meant for names.txt
+    (0.999: 1,000 steps) would still be mostly the weights the run started from. So the decay is
+    lowered until the average spans at most ``max_fraction`` of the run's optimizer steps:
+    ``d = min(decay, 1 - 1 / (max_fraction * steps))``. The shipped recipes on names.txt span 3% to
+    21% of their runs and keep their decay. ``decay_used`` is the decay the run averages with.
+    """
+
+    def __init__(self, decay: float, max_fraction: float = 0.25):
+        super().__init__(decay=decay)
+        self.decay, self.max_fraction = decay, max_fraction
+        self.decay_used = decay
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self.decay_used = horizon_decay(self.decay, int(trainer.estimated_stepping_batches), self.max_fraction)
+            self._kwargs["avg_fn"] = get_ema_avg_fn(decay=self.decay_used)
+            if trainer.is_global_zero and (line := self.note()):
+                print(line, flush=True)
+        super().setup(trainer, pl_module, stage)
+
+    def note(self) -> str | None:
+        """One line when the decay was lowered, or None."""
+        if self.decay_used == self.decay:
+            return None
+        return (f"weight averaging: ema_decay {self.decay} would span {1 / (1 - self.decay):,.0f} steps, more than "
+                f"{self.max_fraction:.0%} of this run's; averaging with {self.decay_used:.4f} "
+                f"({1 / (1 - self.decay_used):,.0f} steps)")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -36,7 +36,7 @@ from typing import Any, BinaryIO, Callable
 import torch
 
 from namegen.config import Config
-from namegen.data import END, Vocab
+from namegen.data import AS_IS, END, Vocab
 from namegen.errors import UserError, WriteFailed
 from namegen.model import GRULanguageModel
 
@@ -87,6 +87,11 @@ class LoadedModel:
     def start_token(self) -> int:
         """The first input token of every name: ``.`` (1), or padding (0) for notebook models."""
         return int(self.meta.get("start_token", END))
+
+    @property
+    def case(self) -> str:
+        """How the model learned its names: ``"title"`` (in lower case, shown capitalised) or ``"as-is"``."""
+        return str(self.meta.get("case") or AS_IS)
 
     @property
     def from_notebook(self) -> bool:

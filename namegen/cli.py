@@ -96,7 +96,7 @@ FLAGS = {
     "data": "--data", "ckpt": "--ckpt", "resume": "--resume", "model": "--model", "out": "--out",
     "logger": "--logger", "labels": "--labels", "update_readme": "--update-readme", "train": "--train",
     "wandb_mode": "--wandb-mode", "precision": "--precision", "space": "--space", "storage": "--storage",
-    "limit_val_batches": "--limit-val-batches", "web": "--web",
+    "limit_val_batches": "--limit-val-batches", "web": "--web", "init_from": "--init-from",
 }
 COMMAND_FLAGS = {"sample": {"train_data": "--data"}, "evaluate": {"train_data": "--train-data"},
                  "export": {"train_data": "--data"}}
@@ -167,7 +167,12 @@ def add_train_arguments(p: Parser) -> None:
                      "files) or from your own .yaml; the flags below override them.")
     p.add_argument("--model", default=None,
                    help=f"size to train: {', '.join(SIZES)} (reads configs/<size>.yaml), or the path of your own "
-                        "config .yaml, such as a copy of configs/small.yaml (default: small)")
+                        "config .yaml, such as a copy of configs/small.yaml (default: small). With --init-from it "
+                        "names a recipe only, the architecture being the base's (default: configs/finetune.yaml)")
+    p.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="start from a trained model's weights and architecture: a namegen .ckpt, a converted one or "
+                        "the notebook's .pth. Characters of --data it lacks get new rows (see docs/finetuning.md); "
+                        "the run goes to checkpoints/<base size>-<data file's name>")
     p.add_argument("--data", default=None,
                    help="names file, UTF-8, one name per line (default: makemore's names.txt, shipped with namegen)")
     p.add_argument("--out", default=None,
@@ -248,20 +253,25 @@ def sample_invocation(args: argparse.Namespace) -> str:
 
 
 def resume_command(args: argparse.Namespace, last: str) -> str:
-    """The command line that continues this run from its ``last.ckpt`` (``last``, as printed)."""
+    """The command line that continues this run from its ``last.ckpt`` (``last``, as printed). A run
+    started with --init-from continues without it (and without --model: the checkpoint has both)."""
+    dropped = ("--init-from", "--model") if getattr(args, "init_from", None) else ()
     argv, skip = [], False
     for i, a in enumerate(args.argv):
         if skip:
             skip = False
             continue
-        if a == "--overwrite" or a.startswith("--resume="):
+        if a == "--overwrite" or a.startswith("--resume=") or a.startswith(tuple(f"{d}=" for d in dropped)):
+            continue
+        if a in dropped:
+            skip = True
             continue
         if a == "--resume":
             following = args.argv[i + 1] if i + 1 < len(args.argv) else None
             skip = following is not None and following == args.resume and args.resume != "last"
             continue
         argv.append(a)
-    if args.out is None and args.resume not in (None, "last"):
+    if args.out is None and (args.resume not in (None, "last") or dropped):
         argv += ["--resume", last]
     else:
         argv.append("--resume")
@@ -461,8 +471,10 @@ def add_tune_arguments(p: Parser) -> None:
                      "val/loss). The space is configs/search/<model>.yaml; every trial is a normal training run in "
                      "<runs-dir>/<study>/trial-NNNN. Running the same command again continues the study. Writes "
                      "reports/<date>/tune-<study>.md, the best recipe as a ready config, and Optuna's plots.")
-    p.add_argument("--model", default="small", help=f"size whose recipe is searched: {', '.join(SIZES)} "
-                   "(default: small)")
+    p.add_argument("--model", default=None, help=f"size whose recipe is searched: {', '.join(SIZES)} "
+                   "(default: small; with --init-from: finetune, configs/search/finetune.yaml)")
+    p.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="every trial starts from this trained model (as train --init-from), on --data")
     p.add_argument("--space", default=None, help="search-space YAML (default: configs/search/<model>.yaml)")
     p.add_argument("--trials", type=trial_count, default=40,
                    help="finished (complete or pruned) trials the study should hold; trials run until it does "
@@ -494,6 +506,7 @@ def tune_command(args: argparse.Namespace) -> int:
     from namegen.training import TrainOptions
     from namegen.tune import TuneOptions, tune
 
+    args.model = args.model or ("finetune" if args.init_from else "small")
     training = TrainOptions(**{f.name: getattr(args, f.name) for f in fields(TrainOptions) if hasattr(args, f.name)
                                and f.name not in ("model", "out")}, wandb_group=f"tune-{args.study or args.model}")
     try:

@@ -35,6 +35,8 @@ def _config_dir() -> Path:
 
 CONFIG_DIR = _config_dir()
 SIZES = ("small", "medium", "large")
+#: the recipe ``--init-from`` runs take by default: training keys only, the architecture is the base model's
+FINETUNE = "finetune"
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine")
 #: the dropout rates, each in [0, 1)
@@ -155,7 +157,7 @@ def run_name_of(size_or_path: str) -> str:
 def config_path(size_or_path: str) -> Path:
     """The file ``--model`` names: ``configs/<size>.yaml`` (the checkout's, or the installed package's
     copy) for a size, else the ``.yaml`` path as given."""
-    if size_or_path in SIZES:
+    if size_or_path in SIZES or size_or_path == FINETUNE:
         return CONFIG_DIR / f"{size_or_path}.yaml"
     path = Path(size_or_path)
     if path.suffix not in (".yaml", ".yml"):
@@ -165,8 +167,11 @@ def config_path(size_or_path: str) -> Path:
     return path
 
 
-def load_config(size_or_path: str) -> Config:
-    """Load ``configs/<size>.yaml``, or a YAML file given by path."""
+def load_config(size_or_path: str, base: Config | None = None) -> Config:
+    """Load ``configs/<size>.yaml``, or a YAML file given by path.
+
+    With ``base`` (the config of the model a run starts from), the file is a recipe: the architecture
+    (``ARCHITECTURE``) is always the base's, and ``block_size`` the base's unless the file sets it."""
     path = config_path(size_or_path)
     if not path.is_file():
         raise UserError(f"config file {path} not found", about="model")
@@ -175,4 +180,10 @@ def load_config(size_or_path: str) -> Config:
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0]
         raise UserError(f"{path}: not valid YAML ({first})") from None
-    return Config.from_dict(raw or {}, source=str(path))
+    raw = raw or {}
+    if base is not None and isinstance(raw, dict):
+        raw = {"block_size": base.block_size, **raw, **{key: getattr(base, key) for key in ARCHITECTURE}}
+    elif isinstance(raw, dict) and not set(ARCHITECTURE) & set(raw):
+        raise UserError(f"{path} is a recipe without an architecture ({', '.join(ARCHITECTURE)}): use it "
+                        "with --init-from CKPT, which gives the architecture", about="model")
+    return Config.from_dict(raw, source=str(path))

@@ -105,6 +105,49 @@ def find_training_file(record: dict | None, given: str | os.PathLike | None = No
     return path
 
 
+# ---------------------------------------------------------------------------- case
+#
+# Lists people bring are capitalised ("Émile", "Zoë", "Jean-Luc"); names.txt and the models trained on
+# it are lowercase. A list whose every name is capitalised this plain way (each part's first letter
+# upper case, the rest lower case) is learned in lower case, so that "É" and "é" are one letter to the
+# model, and the checkpoint records ``case: "title"``: sampling capitalises what the model writes.
+# Any other list (all lower case, or with capitals inside a part: "McKenna") is learned as it is.
+
+TITLE, AS_IS = "title", "as-is"
+_PART_STARTS = (" ", "-")
+
+
+def capitalise(name: str) -> str:
+    """Upper-case each part's first letter (after the start, a space or a hyphen): ``jean-luc`` -> ``Jean-Luc``.
+    A letter whose upper case is not one letter (``ß``) is left as it is."""
+    out = []
+    for i, c in enumerate(name):
+        first = i == 0 or name[i - 1] in _PART_STARTS
+        out.append(c.upper() if first and len(c.upper()) == 1 else c)
+    return "".join(out)
+
+
+def case_of(names: list[str]) -> str:
+    """``"title"`` when every name is capitalised as ``capitalise`` writes it (and lower-casing keeps its
+    length), else ``"as-is"``."""
+    def titled(name: str) -> bool:
+        low = name.lower()
+        return len(low) == len(name) and capitalise(low) == name
+    if any(n != n.lower() for n in names) and all(titled(n) for n in names):
+        return TITLE
+    return AS_IS
+
+
+def fold(names: list[str], case: str) -> list[str]:
+    """The names as the model learns them: lower case under ``"title"``, else unchanged."""
+    return [n.lower() for n in names] if case == TITLE else list(names)
+
+
+def shown(name: str, case: str) -> str:
+    """A name the model wrote, as the user sees it: capitalised under ``"title"``."""
+    return capitalise(name) if case == TITLE else name
+
+
 # ---------------------------------------------------------------------------- vocabulary
 
 
@@ -122,6 +165,11 @@ class Vocab:
     @classmethod
     def from_names(cls, names: list[str]) -> "Vocab":
         return cls(sorted(set("".join(names))))
+
+    def grown(self, names: list[str]) -> "Vocab":
+        """This vocabulary's characters and the new ones of ``names``, sorted: the vocabulary a run
+        from this model needs. Ids move (a character keeps its row by character, not by id)."""
+        return Vocab(sorted(set(self.chars) | set("".join(names))))
 
     def __len__(self) -> int:
         """Number of token ids, padding and ``.`` included (the model's output size)."""

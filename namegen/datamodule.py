@@ -9,7 +9,8 @@ import lightning.pytorch as pl
 import torch
 
 from namegen.data import (
-    DEFAULT_DATA, IndexBatchSampler, NameBatches, Vocab, encode_names, read_names, sha256_of, split_names,
+    DEFAULT_DATA, TITLE, IndexBatchSampler, NameBatches, Vocab, case_of, encode_names, fold, read_names, sha256_of,
+    split_names,
 )
 from namegen.errors import UserError
 
@@ -18,7 +19,11 @@ class NamesDataModule(pl.LightningDataModule):
     """names.txt -> vocabulary, 80/20 split and batches.
 
     ``vocab`` can be given (a checkpoint's) to encode a file with a fixed
-    vocabulary; otherwise it is built from the file.
+    vocabulary; otherwise it is built from the file, or, with ``base_vocab`` (the
+    model a run starts from), grown from that one by the file's new characters.
+    ``case`` (``namegen.data.case_of``) is how the names are learned: given when
+    resuming, found from the file otherwise; under ``"title"`` they are learned in
+    lower case.
     """
 
     def __init__(
@@ -30,6 +35,8 @@ class NamesDataModule(pl.LightningDataModule):
         group_by_length: bool = False,
         vocab: Vocab | None = None,
         split_seed: int | None = None,
+        case: str | None = None,
+        base_vocab: Vocab | None = None,
     ):
         super().__init__()
         self.path = Path(data)
@@ -39,6 +46,8 @@ class NamesDataModule(pl.LightningDataModule):
         self.block_size = block_size
         self.group_by_length = group_by_length
         self.vocab = vocab
+        self.case = case
+        self.base_vocab = base_vocab
         self.names: list[str] | None = None
         self.long_names: list[str] = []
 
@@ -46,16 +55,18 @@ class NamesDataModule(pl.LightningDataModule):
         if self.names is not None:
             return
         names = read_names(self.path)
+        self.case = self.case or case_of(names)
+        names = fold(names, self.case)
         if self.vocab is None:
-            self.vocab = Vocab.from_names(names)
+            self.vocab = self.base_vocab.grown(names) if self.base_vocab else Vocab.from_names(names)
         elif unknown := self.vocab.unknown_chars("".join(names)):
             raise UserError(f"{self.path} has characters the model's vocabulary lacks: {''.join(unknown)!r}",
                             about="data")
         self.long_names = [n for n in names if self.block_size is not None and len(n) > self.block_size]
         if len(names) < 2:
             raise UserError(
-                f"{self.path} has only {len(names)} name; at least 2 are needed (80% train, 20% "
-                "validation), a few thousand for a useful model",
+                f"{self.path} has only {len(names)} name, too few to split: at least 2 are needed (80% train, "
+                "20% validation); a few dozen make a useful model when starting from a trained one (--init-from)",
                 about="data",
             )
         self.names = names
@@ -67,6 +78,14 @@ class NamesDataModule(pl.LightningDataModule):
             device = trainer.strategy.root_device
             self.train_set.to(device)
             self.val_set.to(device)
+
+    def case_note(self) -> str | None:
+        """One line when the names are learned in lower case (every name is capitalised), or None."""
+        if self.case != TITLE:
+            return None
+        first = self.names[0][0]
+        return (f"note: every name in {self.path} is capitalised, so they are learned in lower case (one letter "
+                f"for '{first.upper()}' and '{first}') and the names sampled from this run are capitalised again")
 
     def long_names_note(self) -> str | None:
         """One line about names longer than ``block_size`` (trained whole, never truncated), or None."""

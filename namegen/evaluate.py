@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from namegen.api import NameGenerator, check_device, load_model
 from namegen.checkpoint import LoadedModel, resolve_checkpoint
-from namegen.data import DEFAULT_DATA, IGNORE, encode_names, find_training_file, read_names, split_names
+from namegen.data import DEFAULT_DATA, IGNORE, encode_names, find_training_file, fold, read_names, split_names
 from namegen.errors import UserError, shown_path
 from namegen.model import char_nll
 
@@ -66,6 +66,7 @@ def evaluate_nll(
     """Mean NLL per character and perplexity of ``names`` under the model (eval mode, no dropout)."""
     if not names:
         raise UserError("nothing to evaluate: the list of names is empty")
+    names = fold(names, loaded.case)  # as the model learned them
     unknown = loaded.vocab.unknown_chars("".join(names))
     if unknown:
         raise UserError(f"characters not in the model's vocabulary: {''.join(unknown)!r}", about="data")

@@ -128,6 +128,41 @@ def start_wandb(loggers: list[Logger]) -> None:
                         "or fix W&B and run again", about="logger") from None
 
 
+def use_base_artifact(loggers: list[Logger], base: dict) -> str | None:
+    """Make the model a run starts from (``base``: ``namegen.finetune.Base.record()``) the W&B run's input
+    artifact, so that the lineage shows base -> this run: the base's own ``model-<run id>:best`` when it
+    was trained under W&B in this project, else a reference to its file (``base_reference``). W&B
+    refuses input artifacts offline; the base is in the run's config (``base``) either way. Returns a
+    line to print, or None."""
+    logger = next((lg for lg in loggers if isinstance(lg, WandbLogger)), None)
+    if logger is None:
+        return None
+    run = logger.experiment
+    if run.offline:
+        return ("W&B: the base model is recorded in this run's config (base); W&B links it as the run's input "
+                "artifact only in online runs")
+    try:
+        if base.get("wandb_run_id"):
+            with contextlib.suppress(Exception):  # not in this project (trained elsewhere, or offline and never synced)
+                run.use_artifact(f"model-{base['wandb_run_id']}:best")
+                return None
+        run.use_artifact(base_reference(base))
+    except Exception as exc:  # W&B's service or network: the run itself goes on
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        return f"W&B: the base model could not be recorded as the run's input ({first}); training goes on"
+    return None
+
+
+def base_reference(base: dict) -> wandb.Artifact:
+    """A model artifact that refers to the base's file (by path and checksum, nothing uploaded)."""
+    path = Path(base["path"])
+    artifact = wandb.Artifact(f"base-{base['sha256'][:12]}", type="model",
+                              description=f"namegen base model {path.name} ({base.get('size')})",
+                              metadata={k: base.get(k) for k in ("sha256", "size", "data", "from_notebook")})
+    artifact.add_reference(path.resolve().as_uri(), name=path.name)
+    return artifact
+
+
 class _ContinuingWriter(ExperimentWriter):
     """Lightning's CSV writer, but a resumed run continues ``metrics.csv`` rather than deleting it.
 

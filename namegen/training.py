@@ -23,19 +23,20 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
 from namegen.api import check_device
 from namegen import runlock
-from namegen.callbacks import AtomicCheckpointIO, EpochLine, ModelArtifact, RunClock, SampleTable
+from namegen.callbacks import AtomicCheckpointIO, EpochLine, ModelArtifact, RunClock, RunLengthEMA, SampleTable
 from namegen.checkpoint import read_training_checkpoint, remove_stale_temporaries
-from namegen.config import Config, config_path, load_config, run_name_of
-from namegen.data import DEFAULT_DATA, Vocab
+from namegen.config import FINETUNE, Config, config_path, load_config, run_name_of
+from namegen.data import AS_IS, DEFAULT_DATA, Vocab
 from namegen.datamodule import NamesDataModule
 from namegen.errors import Interrupted, PeerStopped, TrainingDiverged, UserError
+from namegen.finetune import Base, Carried, load_base, transplant
 from namegen.loggers import (
-    build_loggers, check_wandb_online, find_wandb_logger, finish_wandb, start_wandb, wandb_mode,
+    build_loggers, check_wandb_online, find_wandb_logger, finish_wandb, start_wandb, use_base_artifact, wandb_mode,
 )
 from namegen.model import compile_model
 from namegen.module import NameGenModule
@@ -45,7 +46,8 @@ from namegen.module import NameGenModule
 class TrainOptions:
     """What a user asks of a run. ``None`` means: the config's value (or the default)."""
 
-    model: str | None = None  # a size (small, medium, large) or a config .yaml; default small
+    model: str | None = None  # a size (small, medium, large) or a config .yaml; default small (finetune with init_from)
+    init_from: str | None = None  # start from this model's weights and architecture (a .ckpt or notebook .pth)
     data: Path | None = None  # names file; default: the packaged names.txt
     out: Path | None = None  # run directory; default checkpoints/<size>
     max_epochs: int | None = None
@@ -88,6 +90,10 @@ class RunPlan:
     wandb_mode: str | None = None  # online or offline; None without W&B
     wandb_auto_offline: bool = False  # offline because no login was found (not because it was asked)
     config_source: str = ""  # where the config came from, as start-up says it
+    base: Base | None = None  # the model the run starts from (--init-from)
+    case: str | None = None  # how names are learned (namegen.data.case_of); None: found from the file
+    carried: Carried | None = None  # what the base's rows became (set when the module is built)
+    steps_per_epoch: int = 1
 
     @property
     def resume_epoch(self) -> int | None:
@@ -167,7 +173,11 @@ def plan_run(opts: TrainOptions) -> RunPlan:
     """Config, run directory and data file; the checkpoint to resume from; refuses to overwrite."""
     if opts.accelerator in ("gpu", "cuda"):
         check_device("cuda", about="accelerator")
-    plan = _plan_resume(opts) if opts.resume is not None else _plan_fresh(opts)
+    if opts.init_from is not None and opts.resume is not None:
+        raise UserError("starts a new run from a trained model, and --resume continues a run; to continue a "
+                        "fine-tuning run, drop --init-from and pass --resume PATH/last.ckpt", about="init_from")
+    plan = (_plan_resume(opts) if opts.resume is not None else _plan_init(opts) if opts.init_from is not None
+            else _plan_fresh(opts))
     if rank_zero_only.rank == 0:  # DDP's other processes start while rank 0 holds the directory
         runlock.check_free(plan.out_dir)  # before the next check, so the message names the live run
     existing = [p for p in (plan.out_dir / "best.ckpt", plan.out_dir / "last.ckpt") if p.exists()]
@@ -202,6 +212,21 @@ def _plan_fresh(opts: TrainOptions) -> RunPlan:
                    config_source=display(config_path(model)))
 
 
+def _plan_init(opts: TrainOptions) -> RunPlan:
+    """A new run from a trained model: its architecture, the recipe ``--model`` names (default
+    configs/finetune.yaml), run name ``<base size>-<data file's stem>``."""
+    base = load_base(opts.init_from)
+    recipe = opts.model or FINETUNE
+    config = load_config(recipe, base=base.loaded.config).replace(
+        max_epochs=opts.max_epochs, batch_size=opts.batch_size, lr=opts.lr, seed=opts.seed
+    )
+    data_path = Path(opts.data) if opts.data else DEFAULT_DATA
+    name = f"{run_name_of(base.loaded.size)}-{data_path.stem}"
+    out_dir = Path(opts.out) if opts.out else Path("checkpoints") / name
+    source = f"{display(config_path(recipe))}, with the architecture of {display(base.path)}"
+    return RunPlan(config, name, out_dir, data_path, config_source=source, base=base)
+
+
 def _plan_resume(opts: TrainOptions) -> RunPlan:
     path, out_dir = _resume_source(opts)
     ckpt = read_training_checkpoint(path)
@@ -223,7 +248,7 @@ def _plan_resume(opts: TrainOptions) -> RunPlan:
         )
     data_path = Path(opts.data) if opts.data else Path((saved.get("data") or {}).get("path") or DEFAULT_DATA)
     return RunPlan(config, name, out_dir, data_path, Vocab(saved["vocab"]), path, ckpt,
-                   config_source=f"from {display(path)}")
+                   config_source=f"from {display(path)}", case=str(saved.get("case") or AS_IS))
 
 
 def _resume_source(opts: TrainOptions) -> tuple[Path, Path]:
@@ -259,8 +284,10 @@ def build_data(plan: RunPlan, opts: TrainOptions) -> NamesDataModule:
     """The data module, set up (so a bad file fails before the Trainer starts)."""
     datamodule = NamesDataModule(plan.data_path, batch_size=plan.config.batch_size, seed=plan.config.seed,
                                  block_size=plan.config.block_size, group_by_length=opts.group_by_length,
-                                 vocab=plan.vocab, split_seed=plan.config.data_seed)
+                                 vocab=plan.vocab, split_seed=plan.config.data_seed, case=plan.case,
+                                 base_vocab=plan.base.loaded.vocab if plan.base else None)
     datamodule.setup("fit")
+    plan.steps_per_epoch = len(datamodule.train_dataloader())
     saved_sha = ((plan.resume_ckpt or {}).get("namegen", {}).get("data") or {}).get("sha256")
     if saved_sha and saved_sha != datamodule.sha256:
         raise UserError(
@@ -277,9 +304,13 @@ def build_module(plan: RunPlan, datamodule: NamesDataModule, opts: TrainOptions)
         meta = {k: v for k, v in plan.resume_ckpt["namegen"].items() if k not in kept}
     else:
         path = datamodule.path.resolve()
-        meta = {"size": plan.run_name,
+        meta = {"size": plan.run_name, "case": datamodule.case,
                 "data": {"path": str(path), "sha256": datamodule.sha256, "n_names": len(datamodule.names)}}
+        if plan.base is not None:
+            meta["base"] = plan.base.record()
     module = NameGenModule(plan.config, datamodule.vocab.chars, meta=meta)
+    if plan.base is not None and plan.resume_ckpt is None:
+        plan.carried = transplant(plan.base, module.model, datamodule.vocab, datamodule.names)
     if opts.compile:
         on_gpu = opts.accelerator in ("gpu", "cuda") or (opts.accelerator == "auto" and torch.cuda.is_available())
         compile_model(module.model, "cuda" if on_gpu else "cpu")
@@ -290,7 +321,10 @@ def build_trainer(plan: RunPlan, opts: TrainOptions, n_params: int) -> tuple[pl.
     """The Lightning Trainer with namegen's loggers, callbacks and atomic checkpoint writes."""
     saved = (plan.resume_ckpt or {}).get("namegen", {})
     resume_at = None if plan.resume_ckpt is None else (plan.resume_epoch, int(plan.resume_ckpt["global_step"]))
-    loggers = build_loggers(opts.logger, plan.out_dir, plan.run_name, {**plan.config.to_dict(), "num_parameters": n_params},
+    run_config = {**plan.config.to_dict(), "num_parameters": n_params}
+    if plan.base is not None:
+        run_config["base"] = {k: v for k, v in plan.base.record().items() if k != "vocab"}
+    loggers = build_loggers(opts.logger, plan.out_dir, plan.run_name, run_config,
                             mode=plan.wandb_mode or "offline", group=opts.wandb_group,
                             run_id=saved.get("wandb_run_id"), resume_at=resume_at)
     checkpoint = ModelCheckpoint(dirpath=plan.out_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
@@ -306,7 +340,7 @@ def build_trainer(plan: RunPlan, opts: TrainOptions, n_params: int) -> tuple[pl.
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if plan.config.ema_decay:  # after SampleTable: its samples come from the average that validation measures
-        callbacks.append(EMAWeightAveraging(decay=plan.config.ema_decay))
+        callbacks.append(RunLengthEMA(decay=plan.config.ema_decay))
     callbacks += opts.callbacks
     if plan.config.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=plan.config.early_stopping_patience))
@@ -316,7 +350,7 @@ def build_trainer(plan: RunPlan, opts: TrainOptions, n_params: int) -> tuple[pl.
         logger=loggers or False, callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],  # a kill mid-save never leaves a partial best/last.ckpt
         use_distributed_sampler=False,  # the data module shards batches across ranks itself
-        log_every_n_steps=10, enable_model_summary=False, enable_progress_bar=progress_bar, precision=plan.precision,
+        log_every_n_steps=min(10, plan.steps_per_epoch), enable_model_summary=False, enable_progress_bar=progress_bar, precision=plan.precision,
     )
     for key in ("limit_train_batches", "limit_val_batches"):
         if getattr(opts, key) is not None:
@@ -361,6 +395,9 @@ def _fit(plan: RunPlan, opts: TrainOptions, datamodule: NamesDataModule, module:
             shutil.rmtree(undo, ignore_errors=True)
         raise
     announce(plan, datamodule, trainer, n_params)
+    if plan.base is not None and plan.resume_ckpt is None and (line := use_base_artifact(trainer.loggers,
+                                                                                          plan.base.record())):
+        say(line)
     start = time.perf_counter()
     try:
         trainer.fit(module, datamodule=datamodule, weights_only=True,
@@ -424,8 +461,11 @@ def announce(plan: RunPlan, datamodule: NamesDataModule, trainer: pl.Trainer, n_
     say(f"namegen: training {plan.run_name} on {plan.data_path} ({len(datamodule.train_names):,} train / "
         f"{len(datamodule.val_names):,} validation names, vocabulary of {len(datamodule.vocab)} tokens)")
     say(f"config ({plan.config_source}): " + json.dumps(plan.config.to_dict()))
-    if note := datamodule.long_names_note():
-        say(note)
+    for note in (datamodule.case_note(), datamodule.long_names_note()):
+        if note:
+            say(note)
+    if plan.carried is not None:
+        say(f"starting from {display(plan.base.path)} ({plan.base.loaded.size}): {plan.carried.summary()}")
     if plan.wandb_auto_offline:
         say("W&B: no login found, so the run is logged offline (the end of the run prints its `wandb sync` "
             "command); `wandb login` gives a live dashboard")

@@ -39,7 +39,8 @@ from optuna_integration import PyTorchLightningPruningCallback  # noqa: E402
 from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
 
 from namegen.checkpoint import atomic_write, make_dirs, write_bytes  # noqa: E402
-from namegen.config import ARCHITECTURE, CONFIG_DIR, SIZES, Config, load_config  # noqa: E402
+from namegen.config import ARCHITECTURE, CONFIG_DIR, FINETUNE, SIZES, Config, load_config  # noqa: E402
+from namegen.finetune import load_base  # noqa: E402
 from namegen.errors import TrainingDiverged, UserError  # noqa: E402
 from namegen.training import TrainOptions, display, train  # noqa: E402
 
@@ -72,14 +73,15 @@ class SearchSpace:
 def search_space_path(model: str, space: str | None) -> Path:
     if space is not None:
         return Path(space)
-    if model in SIZES:
+    if model in SIZES or model == FINETUNE:
         return CONFIG_DIR / "search" / f"{model}.yaml"
     raise UserError(f"{model!r} is not a size ({', '.join(SIZES)}); give the search space with --space FILE",
                     about="model")
 
 
-def load_search_space(path: Path) -> SearchSpace:
-    """Read and check a search-space file; every problem is one line naming the file and key."""
+def load_search_space(path: Path, model: Config | None = None) -> SearchSpace:
+    """Read and check a search-space file; every problem is one line naming the file and key. ``model``:
+    the config of the model trials start from (``--init-from``), whose architecture the base config takes."""
     if not path.is_file():
         raise UserError(f"search space {path} not found", about="space")
     try:
@@ -91,8 +93,8 @@ def load_search_space(path: Path) -> SearchSpace:
         raise UserError(f"{path}: expected keys base, params (a mapping), pruner, sampler, enqueue"
                         + (f"; unknown: {', '.join(unknown)}" if unknown else ""), about="space")
     base_name = str(raw.get("base", "small"))
-    base_path = base_name if base_name in SIZES else str((path.parent / base_name))
-    base = load_config(base_path)
+    base_path = base_name if base_name in SIZES or base_name == FINETUNE else str((path.parent / base_name))
+    base = load_config(base_path, base=model)
     for key, spec in raw["params"].items():
         _check_param(path, key, spec, base)
     enqueue = raw.get("enqueue") or []
@@ -292,8 +294,9 @@ def _params_line(params: dict) -> str:
 
 def tune(opts: TuneOptions) -> optuna.Study:
     """Open (or continue) the study, run trials until it holds ``opts.trials`` finished ones, write the report."""
-    space = load_search_space(search_space_path(opts.model, opts.space))
-    name = opts.study or (opts.model if opts.model in SIZES else Path(opts.model).stem)
+    start = load_base(opts.training.init_from) if opts.training.init_from else None
+    space = load_search_space(search_space_path(opts.model, opts.space), start.loaded.config if start else None)
+    name = opts.study or default_study_name(opts, start)
     storage, url = open_storage(opts.storage, opts.runs_dir)
     study = open_study(storage, name, space, opts.sampler_seed)
     for number in fail_dead_trials(study):
@@ -308,6 +311,15 @@ def tune(opts: TuneOptions) -> optuna.Study:
                        catch=(TrainingDiverged,), gc_after_trial=True)
     write_report(study, space, opts, url)
     return study
+
+
+def default_study_name(opts: TuneOptions, start) -> str:
+    """The model's name; from a trained model (``--init-from``), ``<recipe>-<base size>-<data file's stem>``."""
+    name = opts.model if opts.model in SIZES or opts.model == FINETUNE else Path(opts.model).stem
+    if start is None:
+        return name
+    data = Path(opts.training.data).stem if opts.training.data else "names"
+    return f"{name}-{start.loaded.size}-{data}"
 
 
 def _say_result(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
