@@ -10,6 +10,7 @@ Names are sampled as namegen samples them: never empty, padding never drawn, cut
 
 import argparse
 import json
+import re
 from itertools import takewhile
 
 import numpy as np
@@ -40,7 +41,10 @@ def sample(session, n, temperature=1.0, max_len=None, rng=None):
         done |= token == end
         if done.all():
             break
-    return ["".join(chars[i - 2] for i in takewhile(lambda i: i != end, row)) for row in ids]
+    names = ["".join(chars[i - 2] for i in takewhile(lambda i: i != end, row)) for row in ids]
+    if meta.get("case") == "title":  # learned in lower case from a capitalised list: capitalise each part
+        names = [re.sub(r"(^|[ -])(\w)", lambda m: m.group(1) + m.group(2).upper(), name) for name in names]
+    return names
 
 
 def main():

@@ -182,23 +182,39 @@ class RunLengthEMA(EMAWeightAveraging):
     An average with decay ``d`` spans about ``1 / (1 - d)`` steps. On a short list a run has few
     steps (398 names at batch 64: 5 a step, 400 in 80 epochs), and an average meant for names.txt
     (0.999: 1,000 steps) would still be mostly the weights the run started from. So the decay is
-    lowered until the average spans at most ``max_fraction`` of the run's optimizer steps:
+    lowered until the average spans at most ``max_fraction`` of the run's ``steps`` (optimizer steps):
     ``d = min(decay, 1 - 1 / (max_fraction * steps))``. The shipped recipes on names.txt span 3% to
     21% of their runs and keep their decay. ``decay_used`` is the decay the run averages with.
     """
 
-    def __init__(self, decay: float, max_fraction: float = 0.25):
+    def __init__(self, decay: float, steps: int, max_fraction: float = 0.25):
         super().__init__(decay=decay)
-        self.decay, self.max_fraction = decay, max_fraction
+        self.decay, self.steps, self.max_fraction = decay, steps, max_fraction
         self.decay_used = decay
 
+    @property
+    def state_key(self) -> str:
+        return "EMAWeightAveraging"  # the key of checkpoints written before the horizon was capped
+
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self.decay_used = horizon_decay(self.decay, int(trainer.estimated_stepping_batches), self.max_fraction)
-            self._kwargs["avg_fn"] = get_ema_avg_fn(decay=self.decay_used)
+        if stage == "fit" and trainer.ckpt_path is None:  # a resumed run keeps its decay (load_state_dict)
+            self._use(horizon_decay(self.decay, self.steps, self.max_fraction))
             if trainer.is_global_zero and (line := self.note()):
                 print(line, flush=True)
         super().setup(trainer, pl_module, stage)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "decay_used": self.decay_used}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._use(float(state_dict.get("decay_used", self.decay)))  # older checkpoints: the decay uncapped
+
+    def _use(self, decay: float) -> None:
+        self.decay_used = decay
+        self._kwargs["avg_fn"] = get_ema_avg_fn(decay=decay)
+        if self._average_model is not None:
+            self._average_model.avg_fn = self._kwargs["avg_fn"]
 
     def note(self) -> str | None:
         """One line when the decay was lowered, or None."""

@@ -128,6 +128,7 @@ def export_onnx(ckpt: str | Path, out: str | Path, *, force: bool = False, opset
         "vocab_size": model.vocab_size,
         "block_size": config.get("block_size", ""),
         "size": loaded.meta.get("size") or "",
+        "case": loaded.case,
         "namegen_version": __version__,
         "source": ckpt.name,
     }

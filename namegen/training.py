@@ -340,7 +340,7 @@ def build_trainer(plan: RunPlan, opts: TrainOptions, n_params: int) -> tuple[pl.
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if plan.config.ema_decay:  # after SampleTable: its samples come from the average that validation measures
-        callbacks.append(RunLengthEMA(decay=plan.config.ema_decay))
+        callbacks.append(RunLengthEMA(decay=plan.config.ema_decay, steps=run_steps(plan, opts)))
     callbacks += opts.callbacks
     if plan.config.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=plan.config.early_stopping_patience))
@@ -362,6 +362,16 @@ def build_trainer(plan: RunPlan, opts: TrainOptions, n_params: int) -> tuple[pl.
                  f"--num-nodes {opts.num_nodes} --precision {plan.precision}")
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{flags}: the Lightning Trainer refused this combination ({first[:300]})") from None
+
+
+def run_steps(plan: RunPlan, opts: TrainOptions) -> int:
+    """The optimizer steps the run will take on one process (``--limit-train-batches`` counted)."""
+    per_epoch, limit = plan.steps_per_epoch, opts.limit_train_batches
+    if isinstance(limit, int):
+        per_epoch = min(per_epoch, limit)
+    elif isinstance(limit, float):
+        per_epoch = int(per_epoch * limit)
+    return max(per_epoch, 1) * plan.config.max_epochs
 
 
 # ----------------------------------------------------------------------------- fit and report

@@ -13,7 +13,8 @@ static file server (GitHub Pages, Netlify, S3, ``python -m http.server``)::
     ort/                                     onnxruntime-web (wasm backend only), pinned to ORT_WEB_VERSION
 
 onnxruntime-web comes from the npm registry: ``npm pack`` fetches the pinned
-tarball once into the user's cache (``$NAMEGEN_CACHE_DIR``, else
+tarball (or, on a machine without npm, Python's own HTTPS client downloads it from
+``$NAMEGEN_NPM_REGISTRY``, default https://registry.npmjs.org) once into the user's cache (``$NAMEGEN_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/namegen`` or ``~/.cache/namegen``), its sha256 is checked,
 and the few files the page loads are extracted with ``tarfile``. The site is
 written into a temporary directory beside the target and renamed into place,
@@ -35,6 +36,8 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -53,7 +56,8 @@ NAMES_FILE = "names.txt"
 #: written last into every site: with --force, only a directory holding it is replaced wholesale
 MARKER = "model.json"
 _FETCH_HINT = ("the page needs onnxruntime-web {version} from the npm registry, fetched once into {cache}: "
-               "install Node.js with npm and make the registry reachable (`npm ping`), then export again")
+               "make the registry reachable (with npm: `npm ping`; without it, {registry}), then export again")
+NPM_REGISTRY = "https://registry.npmjs.org"
 
 
 @dataclass(frozen=True)
@@ -112,17 +116,16 @@ def fetch_onnxruntime_web(cache_dir: str | Path | None = None) -> Path:
     target = root / f"onnxruntime-web-{ORT_WEB_VERSION}"
     if all((target / Path(name).name).is_file() for name in ORT_WEB_FILES):
         return target
-    hint = _FETCH_HINT.format(version=ORT_WEB_VERSION, cache=root)
+    hint = _FETCH_HINT.format(version=ORT_WEB_VERSION, cache=root, registry=registry_url())
     npm = shutil.which("npm")
-    if npm is None:
-        raise UserError(f"npm was not found; {hint}", about="web")
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create the cache directory {root} ({exc.strerror}); set NAMEGEN_CACHE_DIR to a "
                         "writable directory", about="web") from None
     with tempfile.TemporaryDirectory(dir=root, prefix=".fetch.") as tmp:
-        tarball = _npm_pack(npm, Path(tmp), hint)
+        tarball = _npm_pack(npm, Path(tmp), hint) if npm else _download(Path(tmp), hint)
+        _check_sha256(tarball, "npm config get registry" if npm else "NAMEGEN_NPM_REGISTRY")
         unpacked = Path(tmp) / "unpacked"
         _extract(tarball, unpacked)
         shutil.rmtree(target, ignore_errors=True)  # a partial copy from an older namegen, if any
@@ -173,11 +176,32 @@ def _npm_pack(npm: str, tmp: Path, hint: str) -> Path:
     tarball = tmp / f"onnxruntime-web-{ORT_WEB_VERSION}.tgz"
     if proc.returncode != 0 or not tarball.is_file():
         raise UserError(f"`npm pack {spec}` failed ({_npm_reason(proc)}); {hint}", about="web")
+    return tarball
+
+
+def registry_url() -> str:
+    return os.environ.get("NAMEGEN_NPM_REGISTRY", NPM_REGISTRY).rstrip("/")
+
+
+def _download(tmp: Path, hint: str) -> Path:
+    """The pinned tarball straight from the registry over HTTP(S), for a machine without npm."""
+    name = f"onnxruntime-web-{ORT_WEB_VERSION}.tgz"
+    url = f"{registry_url()}/onnxruntime-web/-/{name}"
+    tarball = tmp / name
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tarball, "wb") as f:
+            shutil.copyfileobj(response, f, 1 << 20)
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise UserError(f"npm was not found, and downloading {url} failed ({reason}); {hint}", about="web") from None
+    return tarball
+
+
+def _check_sha256(tarball: Path, where: str) -> None:
     digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
     if digest != ORT_WEB_SHA256:
-        raise UserError(f"the npm registry's {spec} has sha256 {digest[:16]}..., not the pinned "
-                        f"{ORT_WEB_SHA256[:16]}...; check `npm config get registry`", about="web")
-    return tarball
+        raise UserError(f"the registry's onnxruntime-web {ORT_WEB_VERSION} has sha256 {digest[:16]}..., not the "
+                        f"pinned {ORT_WEB_SHA256[:16]}..., so it was not used; check {where}", about="web")
 
 
 def _npm_reason(proc: subprocess.CompletedProcess) -> str:
@@ -224,7 +248,8 @@ def _model_meta(path: Path) -> dict:
     meta = {"format": props["format"], "vocab": json.loads(props["vocab"])}
     for key in ("pad_token", "end_token", "start_token", "n_layer", "hidden", "vocab_size", "block_size"):
         meta[key] = int(props[key]) if props.get(key) not in (None, "") else None
-    meta.update(size=props.get("size") or None, namegen_version=props.get("namegen_version"),
+    meta.update(size=props.get("size") or None, case=props.get("case") or "as-is",
+                namegen_version=props.get("namegen_version"),
                 source=props.get("source"))
     return meta
 

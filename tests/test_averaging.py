@@ -56,8 +56,9 @@ def test_without_ema_decay_the_checkpoint_holds_the_trained_weights(names_file, 
 
 def test_a_resumed_run_continues_the_same_average(names_file, tmp_path):
     """Two epochs, then --resume to three, ends with the weights and average of three epochs at once
-    (a constant learning rate: the cosine schedule's length follows --max-epochs)."""
-    config = write_config(tmp_path, ema_decay=0.9, lr_schedule="constant")
+    (a constant learning rate: the cosine schedule's length follows --max-epochs; and a decay of 0.7, whose
+    horizon fits both runs, so RunLengthEMA caps neither)."""
+    config = write_config(tmp_path, ema_decay=0.7, lr_schedule="constant")
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(names_file, straight, config)
     train(names_file, split, config, "--max-epochs", "2")
@@ -68,6 +69,18 @@ def test_a_resumed_run_continues_the_same_average(names_file, tmp_path):
     for key in ("state_dict", "current_model_state"):
         for name, value in a[key].items():
             assert torch.allclose(value, b[key][name], atol=1e-6), (key, name)
+
+
+def test_a_resumed_run_keeps_the_decay_it_started_with(names_file, tmp_path):
+    """0.9 spans 10 steps: capped to 1 - 1/(0.25 x 16) = 0.75 for 2 epochs of 8 steps, 0.8333 for 3. A run of 2
+    resumed to 3 keeps averaging with 0.75: the average is the same average throughout."""
+    config = write_config(tmp_path, ema_decay=0.9)
+    train(names_file, tmp_path / "straight", config)
+    train(names_file, tmp_path / "split", config, "--max-epochs", "2")
+    train(names_file, tmp_path / "split", config, "--resume", "--max-epochs", "3")
+    decay = {run: torch.load(tmp_path / run / "last.ckpt", weights_only=True)["callbacks"]["EMAWeightAveraging"]
+             ["decay_used"] for run in ("straight", "split")}
+    assert decay == {"straight": pytest.approx(1 - 1 / 6), "split": pytest.approx(0.75)}
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.0])

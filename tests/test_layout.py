@@ -15,7 +15,8 @@ import pytest
 from conftest import ROOT
 
 PACKAGE = ROOT / "namegen"
-CORE = {"errors", "config", "data", "model", "sampling", "checkpoint", "notebook", "api", "evaluate", "export", "web"}
+CORE = {"errors", "config", "data", "model", "sampling", "checkpoint", "notebook", "api", "evaluate", "export", "web",
+        "finetune"}
 LIGHTNING_LAYER = {"module", "datamodule", "callbacks", "loggers"}
 ORCHESTRATION = {"training", "compare", "runlock", "tune"}
 CLI = {"cli", "__main__", "__init__"}

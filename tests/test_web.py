@@ -9,6 +9,8 @@ are NameGenerator's.
 
 from __future__ import annotations
 
+import functools
+import http.server
 import itertools
 import json
 import math
@@ -16,6 +18,7 @@ import random
 import re
 import shutil
 import socket
+import threading
 import urllib.parse
 from collections import Counter
 from pathlib import Path
@@ -30,7 +33,7 @@ from namegen.checkpoint import build_meta, write_checkpoint
 from namegen.config import load_config
 from namegen.data import Vocab, read_names, sha256_of
 from namegen.model import GRULanguageModel
-from namegen.web import ORT_WEB_FILES, ORT_WEB_VERSION, default_cache_dir
+from namegen.web import ORT_WEB_FILES, ORT_WEB_VERSION
 from web_helpers import INSTALL_HINT, chromium, find_chromium, open_page, serve
 
 pytestmark = pytest.mark.browser
@@ -95,9 +98,6 @@ def _make_model(kind: str, tmp: Path, real_names: Path) -> tuple[Path, Path | No
 def sites(tmp_path_factory, real_names):
     """kind -> (site directory, checkpoint, training names file or None); each written once by the CLI,
     all under one root that ``server`` serves."""
-    if shutil.which("npm") is None and not all(
-            (default_cache_dir() / f"onnxruntime-web-{ORT_WEB_VERSION}" / Path(f).name).is_file() for f in ORT_WEB_FILES):
-        pytest.skip(f"needs npm to fetch onnxruntime-web {ORT_WEB_VERSION} once: apt-get install npm")
     root = tmp_path_factory.mktemp("sites")
     done = {}
 
@@ -362,11 +362,37 @@ def test_unreachable_registry_is_one_error_line(sites, tmp_path, capsys, monkeyp
     assert err.count("\n") == 1 and err.startswith("error: --web: `npm pack onnxruntime-web@"), err
     assert "ECONNREFUSED" in err and "make the registry reachable" in err
     monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+    monkeypatch.setenv("NAMEGEN_NPM_REGISTRY", f"http://127.0.0.1:{_closed_port()}")
     assert run("export", ["--ckpt", ckpt, "--web", out]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: --web: npm was not found;") and "install Node.js" in err
+    assert err.count("\n") == 1 and err.startswith("error: --web: npm was not found, and downloading http://"), err
+    assert "refused" in err and "make the registry reachable" in err
     assert not (tmp_path / "out").exists()
     assert [p.name for p in (tmp_path / "cache").iterdir()] == []
+
+
+def test_without_npm_the_tarball_comes_from_the_registry_and_is_checked(sites, tmp_path, capsys, monkeypatch):
+    """No npm on PATH: Python downloads the pinned tarball from the registry itself (the real one), checks its
+    sha256 and exports; a registry serving other bytes is refused in one line, and nothing is cached."""
+    _, ckpt, _ = sites("latin")
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+    monkeypatch.setenv("NAMEGEN_CACHE_DIR", str(tmp_path / "cache"))
+    fake = tmp_path / "registry" / "onnxruntime-web" / "-"
+    fake.mkdir(parents=True)
+    (fake / f"onnxruntime-web-{ORT_WEB_VERSION}.tgz").write_bytes(b"not the package")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "registry"))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as httpd:
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        monkeypatch.setenv("NAMEGEN_NPM_REGISTRY", f"http://127.0.0.1:{httpd.server_address[1]}")
+        assert run("export", ["--ckpt", ckpt, "--web", tmp_path / "refused"]) == 2
+        httpd.shutdown()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not the pinned" in err and "NAMEGEN_NPM_REGISTRY" in err, err
+    assert not (tmp_path / "refused").exists() and not any((tmp_path / "cache").iterdir())
+    monkeypatch.delenv("NAMEGEN_NPM_REGISTRY")  # the real registry
+    assert run("export", ["--ckpt", ckpt, "--web", tmp_path / "site"]) == 0
+    for name in ORT_WEB_FILES:
+        assert (tmp_path / "site" / "ort" / Path(name).name).is_file()
 
 
 def test_force_replaces_an_earlier_site(sites, tmp_path, capsys):

@@ -29,6 +29,7 @@ export class Sampler {
     this.nLayer = meta.n_layer;
     this.hidden = meta.hidden;
     this.blockSize = meta.block_size || 20;
+    this.title = meta.case === "title"; // learned in lower case, shown capitalised (namegen.data.case_of)
   }
 
   /** Load model.json and model.onnx from `base` (a URL of the site's directory). */
@@ -67,6 +68,25 @@ export class Sampler {
     return ids.map((i) => this.chars[i - 2]).join("");
   }
 
+  /** NameGenerator.learned_form: lower case where the model learned it, or where only the lower case is known. */
+  learnedForm(text) {
+    return Array.from(text, (c) => {
+      const low = c.toLowerCase();
+      const single = Array.from(low).length === 1;
+      return single && (this.title || !this.stoi.has(c)) && this.stoi.has(low) ? low : c;
+    }).join("");
+  }
+
+  /** namegen.data.shown: a name as the user sees it (capitalised parts under "title"). */
+  shown(name) {
+    if (!this.title) return name;
+    const chars = Array.from(name);
+    return chars.map((c, i) => {
+      const up = c.toUpperCase();
+      return (i === 0 || chars[i - 1] === " " || chars[i - 1] === "-") && Array.from(up).length === 1 ? up : c;
+    }).join("");
+  }
+
   unknownChars(text) {
     return [...new Set(Array.from(text).filter((c) => !this.stoi.has(c)))].sort();
   }
@@ -74,6 +94,7 @@ export class Sampler {
   /** Per-name negative log-likelihood (nats), end token included: NameGenerator.score. */
   async score(names) {
     if (!names.length) return [];
+    names = names.map((name) => this.learnedForm(name));
     for (const name of names) {
       const unknown = this.unknownChars(name);
       if (unknown.length || !name) {
@@ -133,12 +154,15 @@ export class Sampler {
       exclude: null, seed: null, maxDraws: null, batchSize: 8192, ...opts,
     };
     if (o.maxLen === null || o.maxLen === undefined) o.maxLen = this.blockSize;
+    const typed = Array.from(o.prefix);
+    o.prefix = this.learnedForm(o.prefix);
     this.check(o);
     const rng = makeRng(o.seed);
     const prefixIds = this.encode(o.prefix);
+    const asTyped = (name) => (typed.join("") === o.prefix ? name : typed.join("") + Array.from(name).slice(typed.length).join(""));
     const draw = async (k) => {
       const { ids, logprob } = await this.sampleIds(k, { ...o, minLen: Math.max(o.minLen, 1), prefixIds, rng });
-      return ids.map((row, i) => ({ name: this.decode(row), logprob: logprob[i] }));
+      return ids.map((row, i) => ({ name: asTyped(this.shown(this.decode(row))), logprob: logprob[i] }));
     };
     if (!o.unique && !o.exclude) {
       const names = [];
