@@ -28,7 +28,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from namegen.api import check_device
 from namegen import runlock
-from namegen.callbacks import AtomicCheckpointIO, EpochLine, ModelArtifact, RunClock, SampleTable
+from namegen.callbacks import AtomicCheckpointIO, EpochLine, ModelArtifact, PauseForTests, RunClock, SampleTable
 from namegen.checkpoint import read_training_checkpoint, remove_stale_temporaries
 from namegen.config import Config, config_path, load_config, run_name_of
 from namegen.data import DEFAULT_DATA, Vocab
@@ -308,6 +308,8 @@ def build_trainer(plan: RunPlan, opts: TrainOptions, n_params: int) -> tuple[pl.
     if plan.config.ema_decay:  # after SampleTable: its samples come from the average that validation measures
         callbacks.append(EMAWeightAveraging(decay=plan.config.ema_decay))
     callbacks += opts.callbacks
+    if (pause := PauseForTests.from_env()) is not None:  # tests only: see PauseForTests
+        callbacks.append(pause)
     if plan.config.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=plan.config.early_stopping_patience))
     kwargs = dict(
