@@ -67,7 +67,15 @@ class Watched:
 
     def wait_for(self, text: str, what: str, timeout: float = TIMEOUT) -> str:
         """The first stdout line holding ``text``; fails, saying it awaited ``what``, when the process
-        ends without printing one or ``timeout`` seconds pass (then the process is killed)."""
+        ends without printing one or ``timeout`` seconds pass. A wait that fails or is interrupted
+        (Ctrl-C on pytest) kills the process: a paused run would otherwise outlive the test."""
+        try:
+            return self._wait_for(text, what, timeout)
+        except BaseException:
+            self.proc.kill()
+            raise
+
+    def _wait_for(self, text: str, what: str, timeout: float) -> str:
         deadline, ended = time.monotonic() + timeout, None
         with self._changed:
             while True:
@@ -79,7 +87,6 @@ class Watched:
                 if ended and (not any(r.is_alive() for r in self._readers) or time.monotonic() > ended + 10):
                     pytest.fail(f"{self.name} exited ({self.proc.returncode}) before {what}:\n{self._tail()}")
                 if time.monotonic() > deadline:
-                    self.proc.kill()
                     pytest.fail(f"{self.name}: {what} did not happen within {timeout:.0f} s "
                                 f"(awaited a line with {text!r} on stdout):\n{self._tail()}")
                 self._changed.wait(1.0)
@@ -91,6 +98,9 @@ class Watched:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             pytest.fail(f"{self.name}: {what} did not happen within {timeout:.0f} s:\n{self._tail()}")
+        except BaseException:  # Ctrl-C on pytest: do not leave the process behind
+            self.proc.kill()
+            raise
         for reader in self._readers:
             reader.join(timeout=60)
         return "".join(self.out), "".join(self.err)
