@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 MODEL ?= small
 
-.PHONY: setup train sample test test-fast bench clean
+.PHONY: setup train sample test test-fast stress-tests bench clean
 
 $(BIN)/namegen: pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ test: setup  ## the whole test suite, as CI runs it (-rs: every skip says why; o
 
 test-fast: setup  ## the inner loop: everything but the tests that start processes
 	WANDB_MODE=offline WANDB_SILENT=true $(BIN)/python -m pytest -q -rs -m "not slow"
+
+STRESS_RUNS ?= 10
+STRESS_HOGS ?= 1
+STRESS_TESTS ?= -m slow
+stress-tests: setup  ## the tests that start processes, STRESS_RUNS times beside STRESS_HOGS busy cores (docs/development.md)
+	PYTHON=$(BIN)/python tests/stress.sh $(STRESS_RUNS) $(STRESS_HOGS) $(STRESS_TESTS)
 
 bench: setup  ## speed as a user sees it (needs a quiet machine; writes bench/RESULTS.md)
 	$(BIN)/python bench/speed.py

@@ -3,6 +3,7 @@ checkpoint-IO plugin that writes checkpoints atomically."""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -140,6 +141,40 @@ class EpochLine(pl.Callback):
             self._best = min(self._best, float(val))
             line += f"val/loss {float(val):.4f} (best {self._best:.4f}), "
         print(line + f"{time.perf_counter() - self._start:.1f}s", flush=True)
+
+
+PAUSE_AT_ENV, PAUSE_UNTIL_ENV = "NAMEGEN_TEST_PAUSE_AT", "NAMEGEN_TEST_PAUSE_UNTIL"
+
+
+class PauseForTests(pl.Callback):
+    """For tests only: stop at one training batch and say so, so that a test acts at a known point
+    of the run (a kill, a Ctrl-C) however fast or slow the machine is. Users never set it.
+
+    ``NAMEGEN_TEST_PAUSE_AT=EPOCH:BATCH`` (Lightning's 0-based indices): before that batch, rank 0
+    prints ``namegen test pause: epoch EPOCH batch BATCH`` on stdout and waits, until the file named
+    by ``NAMEGEN_TEST_PAUSE_UNTIL`` exists (made by the test) or a signal ends the process. A wait
+    longer than ``limit_s`` is an error, so that a run whose test died does not wait forever."""
+
+    def __init__(self, epoch: int, batch: int, until: str | None = None, limit_s: float = 600.0):
+        self.epoch, self.batch, self.until, self.limit_s = epoch, batch, until, limit_s
+
+    @classmethod
+    def from_env(cls) -> PauseForTests | None:
+        spec = os.environ.get(PAUSE_AT_ENV)
+        if not spec:
+            return None
+        epoch, batch = (int(part) for part in spec.split(":"))
+        return cls(epoch, batch, os.environ.get(PAUSE_UNTIL_ENV) or None)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if (trainer.current_epoch, batch_idx) != (self.epoch, self.batch) or not trainer.is_global_zero:
+            return
+        print(f"namegen test pause: epoch {self.epoch} batch {self.batch}", flush=True)
+        deadline = time.monotonic() + self.limit_s
+        while not (self.until and os.path.exists(self.until)):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{PAUSE_AT_ENV}: the pause was not ended within {self.limit_s:.0f} s")
+            time.sleep(0.05)
 
 
 class ModelArtifact(pl.Callback):

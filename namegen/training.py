@@ -28,7 +28,9 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from namegen.api import check_device
 from namegen import runlock
-from namegen.callbacks import AtomicCheckpointIO, EpochLine, ModelArtifact, RunClock, RunLengthEMA, SampleTable
+from namegen.callbacks import (
+    AtomicCheckpointIO, EpochLine, ModelArtifact, PauseForTests, RunClock, RunLengthEMA, SampleTable,
+)
 from namegen.checkpoint import read_training_checkpoint, remove_stale_temporaries
 from namegen.config import FINETUNE, Config, config_path, load_config, run_name_of
 from namegen.data import AS_IS, DEFAULT_DATA, Vocab
@@ -342,6 +344,8 @@ def build_trainer(plan: RunPlan, opts: TrainOptions, n_params: int) -> tuple[pl.
     if plan.config.ema_decay:  # after SampleTable: its samples come from the average that validation measures
         callbacks.append(RunLengthEMA(decay=plan.config.ema_decay, steps=run_steps(plan, opts)))
     callbacks += opts.callbacks
+    if (pause := PauseForTests.from_env()) is not None:  # tests only: see PauseForTests
+        callbacks.append(pause)
     if plan.config.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=plan.config.early_stopping_patience))
     kwargs = dict(

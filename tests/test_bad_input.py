@@ -289,7 +289,7 @@ def test_a_run_directory_in_use_is_refused_naming_the_process(names_file, saved_
     import subprocess
     import sys
 
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])  # alive until killed below
     try:
         (saved_run / ".namegen.lock").write_text(
             f'{{"pid": {holder.pid}, "host": "{__import__("socket").gethostname()}", "started": 0}}')

@@ -85,35 +85,43 @@ def test_reading_refuses_what_is_not_a_checkpoint(tmp_path):
 
 # ------------------------------------------------------------------------------ atomic writes
 
-_BIG = None
 
+def _save_then_stop_inside_a_save(path: str, completed: int, stopped) -> None:
+    """Save versions 2, 3, ... into ``path``: ``completed`` saves in full, then stop inside the next one,
+    its temporary written but not yet moved over ``path``; say so through ``stopped`` and wait to be killed."""
+    real_replace, calls = os.replace, []
 
-def _save_forever(path: str) -> None:
-    version = 2
-    while True:  # the tensor was made before the fork: the child only serialises and writes
-        atomic_torch_save({"version": version, "weights": _BIG}, path)
-        version += 1
+    def replace(src, dst):  # this process only: it is a fork of the test's
+        if len(calls) == completed:
+            stopped.set()
+            time.sleep(600)
+        calls.append(dst)
+        real_replace(src, dst)
+
+    os.replace = replace
+    for version in range(2, completed + 3):
+        atomic_torch_save({"version": version, "weights": torch.full((1000,), float(version))}, path)
 
 
 @pytest.mark.slow
 def test_a_kill_during_a_save_leaves_the_previous_checkpoint(tmp_path):
-    global _BIG
-    _BIG = torch.ones(8_000_000)  # 32 MB: each save takes a while
     path = tmp_path / "last.ckpt"
     atomic_torch_save({"version": 1, "weights": torch.zeros(3)}, path)
-    for attempt in range(3):
-        child = multiprocessing.get_context("fork").Process(target=_save_forever, args=(str(path),))
+    forked = multiprocessing.get_context("fork")
+    for completed in range(3):  # killed inside the first save, then after one and two complete saves
+        stopped = forked.Event()
+        child = forked.Process(target=_save_then_stop_inside_a_save, args=(str(path), completed, stopped))
         child.start()
-        deadline = time.monotonic() + 60
-        while not list(tmp_path.glob(".last.ckpt.*.tmp")):  # a save is under way
-            assert time.monotonic() < deadline and child.is_alive(), "no save started"
-            time.sleep(0.001)
+        if not stopped.wait(timeout=300):
+            child.kill()
+            pytest.fail(f"the child did not stop inside save {completed + 1} within 300 s")
         os.kill(child.pid, signal.SIGKILL)
         child.join()
         ckpt = torch.load(path, weights_only=True)  # whole, never partial
-        assert ckpt["version"] >= 1 and (ckpt["version"] == 1 or ckpt["weights"].numel() == 8_000_000)
+        assert ckpt["version"] == completed + 1  # the last complete save: the test's, then the child's
+        assert ckpt["weights"].numel() == (1000 if completed else 3)
         stale = list(tmp_path.glob(".last.ckpt.*.tmp"))
-        assert stale  # the kill did land mid-save
+        assert len(stale) == 1  # the kill did land mid-save
         assert remove_stale_temporaries(tmp_path) == stale and not list(tmp_path.glob(".*.tmp"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
 

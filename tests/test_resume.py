@@ -4,6 +4,8 @@ One scenario, three train.py processes, shared by the tests below:
   A  trains toward 3 epochs and is SIGKILLed in the middle of epoch 2 (after epoch 1's last.ckpt);
   B  --resume continues it and gets Ctrl-C (SIGINT to its process group, as a terminal sends) in epoch 3;
   C  runs the resume command that B printed, and finishes.
+A and B are signalled where they stand paused by namegen's test hook (tests/process_helpers.py), at batch
+20 of the epoch: never where a file on disk suggests they might be, so the speed of the machine does not matter.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,7 +27,9 @@ import yaml
 from conftest import ROOT
 from namegen.config import load_config
 from namegen.api import NameGenerator
+from namegen.callbacks import PauseForTests
 from cli_helpers import run
+from process_helpers import PAUSED, TIMEOUT, Watched, ctrl_c_as_in_a_terminal, pause_env
 
 EPOCHS = 3
 STEPS_PER_EPOCH = 40  # 160 training names in batches of 4
@@ -36,24 +40,18 @@ def _env() -> dict:
     return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
 
 
-def _start(cwd: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-_seen: dict = {}
+def _start(cwd: Path, name: str, pause_at: tuple[int, int], *args: str) -> Watched:
+    with ctrl_c_as_in_a_terminal():
+        proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd,
+                                env=_env() | pause_env(*pause_at), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+    return Watched(proc, name)
 
 
 def _last_epoch(out: Path):
-    """The epoch of <out>/last.ckpt (read again only when the file changed); None while there is none."""
-    try:
-        stat = (out / "last.ckpt").stat()
-    except FileNotFoundError:
-        return None
-    key = (str(out), stat.st_ino, stat.st_mtime_ns)
-    if key not in _seen:
-        _seen[key] = torch.load(out / "last.ckpt", weights_only=True)["epoch"]  # atomic writes: never partial
-    return _seen[key]
+    """The epoch of <out>/last.ckpt; None while there is none."""
+    last = out / "last.ckpt"
+    return torch.load(last, weights_only=True)["epoch"] if last.exists() else None  # atomic writes: never partial
 
 
 def _csv_rows(out: Path) -> list[dict]:
@@ -62,22 +60,6 @@ def _csv_rows(out: Path) -> list[dict]:
             return list(csv.DictReader(f))
     except FileNotFoundError:
         return []
-
-
-def _wait(proc: subprocess.Popen, condition, what: str, timeout: float = 240):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"train.py exited ({proc.returncode}) before {what}:\n{err[-3000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.03)
-
-
-def _logged_in_epoch(out: Path, epoch: int) -> bool:
-    return any(r["epoch"] and int(r["epoch"]) == epoch and r["train/loss_step"] for r in _csv_rows(out))
 
 
 @pytest.fixture(scope="module")
@@ -89,27 +71,27 @@ def scenario(tmp_path_factory, real_names):
             "--batch-size", "4"]
     s = {"tmp": tmp, "out": out}
 
-    # A: SIGKILL in the middle of epoch index 1, once epoch 0's checkpoint exists
-    a = _start(tmp, *args)
-    _wait(a, lambda: _last_epoch(out) == 0 and _logged_in_epoch(out, 1), "epoch 1 had started")
-    a.send_signal(signal.SIGKILL)
-    a.communicate()
-    s["a_rc"], s["a_last_epoch"], s["a_rows"] = a.returncode, _last_epoch(out), _csv_rows(out)
+    # A: SIGKILL in the middle of epoch index 1 (its batch 20), after epoch 0's checkpoint
+    a = _start(tmp, "run A", (1, 20), *args)
+    a.wait_for(PAUSED, "run A reaching batch 20 of epoch index 1")
+    a.proc.send_signal(signal.SIGKILL)
+    a.finish("run A's exit after SIGKILL")
+    s["a_rc"], s["a_last_epoch"], s["a_rows"] = a.proc.returncode, _last_epoch(out), _csv_rows(out)
 
-    # B: resume; Ctrl-C in the middle of epoch index 2
-    b = _start(tmp, *args, "--resume")
-    _wait(b, lambda: _last_epoch(out) == 1 and _logged_in_epoch(out, 2), "epoch 2 had started")
-    os.killpg(b.pid, signal.SIGINT)
-    b_out, b_err = b.communicate(timeout=120)
-    s["b_rc"], s["b_out"], s["b_err"], s["b_last_epoch"] = b.returncode, b_out, b_err, _last_epoch(out)
+    # B: resume; Ctrl-C in the middle of epoch index 2 (its batch 20)
+    b = _start(tmp, "run B", (2, 20), *args, "--resume")
+    b.wait_for(PAUSED, "run B (resumed) reaching batch 20 of epoch index 2")
+    os.killpg(b.proc.pid, signal.SIGINT)
+    b_out, b_err = b.finish("run B's exit after Ctrl-C")
+    s["b_rc"], s["b_out"], s["b_err"], s["b_last_epoch"] = b.proc.returncode, b_out, b_err, _last_epoch(out)
 
-    # C: the resume command B printed, as printed
+    # C: the resume command B printed, as printed (no pause: it runs to the end)
     line = next((ln for ln in b_err.splitlines() if "resume with: " in ln), None)
-    assert line is not None, b_err[-3000:]
+    assert line is not None, f"run B printed no 'resume with:' line (exit {b.proc.returncode}):\n{b_err[-3000:]}"
     command = shlex.split(line.split("resume with: ", 1)[1])
     assert command[0] == "python"
     c = subprocess.run([sys.executable, *command[1:]], cwd=tmp, env=_env(), capture_output=True, text=True,
-                       timeout=300)
+                       timeout=TIMEOUT)
     s["c_command"], s["c_rc"], s["c_out"], s["c_err"] = command, c.returncode, c.stdout, c.stderr
     return s
 
@@ -177,6 +159,26 @@ def test_one_wandb_run_across_the_three_processes(scenario):
     assert torch.load(out / "last.ckpt", weights_only=True)["namegen"]["wandb_run_id"] == run_id
     assert f"(W&B run {run_id})" in scenario["c_out"]
     assert f"in 3 parts; upload it with: wandb sync run/wandb/offline-run-*-{run_id}" in scenario["c_out"]
+
+
+def test_the_test_pause_says_where_it_stopped_and_waits(tmp_path, monkeypatch, capsys):
+    """The hook the scenario above relies on: nothing without its variable; with it, one line, then a wait
+    that its file ends (and that is an error when nothing ends it)."""
+    monkeypatch.delenv("NAMEGEN_TEST_PAUSE_AT", raising=False)
+    assert PauseForTests.from_env() is None
+    release = tmp_path / "go"
+    monkeypatch.setenv("NAMEGEN_TEST_PAUSE_AT", "1:3")
+    monkeypatch.setenv("NAMEGEN_TEST_PAUSE_UNTIL", str(release))
+    pause = PauseForTests.from_env()
+    pause.limit_s = 0.2
+    trainer = SimpleNamespace(current_epoch=1, is_global_zero=True)
+    pause.on_train_batch_start(trainer, None, None, 2)  # another batch: on at once
+    assert capsys.readouterr().out == ""
+    with pytest.raises(RuntimeError, match="not ended within"):
+        pause.on_train_batch_start(trainer, None, None, 3)
+    assert capsys.readouterr().out == f"{PAUSED}epoch 1 batch 3\n"
+    release.touch()
+    pause.on_train_batch_start(trainer, None, None, 3)  # the file exists: on at once
 
 
 # ------------------------------------------------------------------ resume errors (in-process)

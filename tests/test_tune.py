@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -17,17 +16,29 @@ from conftest import ROOT
 from namegen.config import CONFIG_DIR, load_config
 from namegen.errors import UserError
 from namegen.tune import load_search_space, open_study, search_space_path, suggest
+from process_helpers import PAUSED, TIMEOUT, Watched, pause_env
 
 SMOKE = ("--max-epochs", "2", "--limit-train-batches", "2", "--limit-val-batches", "1")
 
 
-def tune(tmp: Path, *args: str, wait: bool = True, timeout: int = 300):
+def tune(tmp: Path, *args: str, timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
     """``python -m namegen tune ...`` in tmp, as a user runs it."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "namegen", "tune", *args]
-    if not wait:
-        return subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(_command(*args), cwd=tmp, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def start_tune(tmp: Path, *args: str, env: dict | None = None, name: str = "namegen tune") -> Watched:
+    """``tune`` started and watched (stderr merged into stdout), with extra environment variables ``env``."""
+    proc = subprocess.Popen(_command(*args), cwd=tmp, env=_env() | (env or {}), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    return Watched(proc, name)
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "namegen", "tune", *args]
+
+
+def _env() -> dict:
+    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
 
 
 def write_space(path: Path, params: dict, **extra) -> Path:
@@ -174,14 +185,10 @@ def test_a_diverged_trial_fails_and_the_study_goes_on(tmp_path, names_file):
 def test_a_killed_trial_is_marked_failed_and_the_study_goes_on(tmp_path, names_file):
     space = write_space(tmp_path / "space.yaml", {"lr": {"type": "float", "low": 1e-3, "high": 1e-2}})
     args = ("--space", str(space), "--data", str(names_file), "--limit-val-batches", "1")
-    proc = tune(tmp_path, *args, "--trials", "1", "--max-epochs", "200", wait=False)
-    metrics = tmp_path / "runs/tune/small/trial-0000/metrics.csv"
-    deadline = time.monotonic() + 120
-    while not (metrics.exists() and metrics.stat().st_size > 0) and time.monotonic() < deadline:
-        time.sleep(0.5)  # the trial is training
-    assert metrics.exists(), proc.communicate()[0] if proc.poll() is not None else "trial never started"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = start_tune(tmp_path, *args, "--trials", "1", "--max-epochs", "2", env=pause_env(0, 1))
+    proc.wait_for(PAUSED, "trial 0 training (paused before its batch 1)")
+    proc.proc.send_signal(signal.SIGKILL)
+    proc.finish("namegen tune's exit after SIGKILL")
     again = tune(tmp_path, *args, "--trials", "1", "--max-epochs", "2", "--limit-train-batches", "2")
     assert again.returncode == 0, again.stderr + again.stdout
     assert "trial 0 was running in a process that is gone; marked failed" in again.stdout
@@ -192,15 +199,21 @@ def test_a_killed_trial_is_marked_failed_and_the_study_goes_on(tmp_path, names_f
 
 @pytest.mark.slow
 def test_two_processes_share_one_study_through_a_journal_file(tmp_path, names_file):
-    """Two processes, as on two machines sharing a disk: one study, distinct trials, both contribute."""
+    """Two processes, as on two machines sharing a disk: one study, distinct trials, both contribute.
+    Each waits in its first trial until both have one under way, so neither can run the whole study alone."""
     space = write_space(tmp_path / "space.yaml", {"lr": {"type": "float", "low": 1e-3, "high": 1e-2}})
     journal = str(tmp_path / "shared/study.journal")
     args = ("--space", str(space), "--data", str(names_file), "--storage", journal, "--study", "together",
             "--trials", "6", "--max-epochs", "3", "--limit-train-batches", "3", "--limit-val-batches", "1")
-    procs = [tune(tmp_path, *args, "--sampler-seed", str(seed), "--runs-dir", f"runs-{seed}", wait=False)
+    both_started = tmp_path / "both-started"
+    procs = [start_tune(tmp_path, *args, "--sampler-seed", str(seed), "--runs-dir", f"runs-{seed}",
+                        env=pause_env(0, 0, until=both_started), name=f"namegen tune (seed {seed})")
              for seed in (1, 2)]
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
+    for proc in procs:
+        proc.wait_for(PAUSED, "a trial under way")
+    both_started.touch()
+    outputs = [proc.finish("the study's end", timeout=600) for proc in procs]
+    assert [p.proc.returncode for p in procs] == [0, 0], outputs
     trials = trials_of(journal, "together")
     finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) >= 6 and len({t.number for t in trials}) == len(trials)
