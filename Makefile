@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 MODEL ?= small
 
-.PHONY: setup train sample test test-fast bench clean
+.PHONY: setup train sample test test-fast fuzz bench clean
 
 $(BIN)/namegen: pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ test: setup  ## the whole test suite, as CI runs it (-rs: every skip says why; o
 
 test-fast: setup  ## the inner loop: everything but the tests that start processes
 	WANDB_MODE=offline WANDB_SILENT=true $(BIN)/python -m pytest -q -rs -m "not slow"
+
+fuzz: setup  ## every reader fed hostile files, at length (Hypothesis's "long" profile; `make test` runs a short derandomised one)
+	HYPOTHESIS_PROFILE=long WANDB_MODE=offline WANDB_SILENT=true $(BIN)/python -m pytest -q -rs -m fuzz tests/test_fuzz.py
 
 bench: setup  ## speed as a user sees it (needs a quiet machine; writes bench/RESULTS.md)
 	$(BIN)/python bench/speed.py

@@ -411,9 +411,9 @@ def check_model_state(state: dict, config: Config, vocab: Vocab, path: Path, abo
     layers = {int(m.group(1)) for k in shape if (m := _LAYER_KEY.match(k))}
     present = {
         "n_layer": (config.n_layer, len(layers), "layers of weights"),
-        "vocab": (len(vocab.chars), _rows(shape.get("embedding.weight")), "characters (embedding.weight's rows less 2)"),
-        "n_embd": (config.n_embd, shape.get("embedding.weight", (None, None))[-1], "columns in embedding.weight"),
-        "n_hidden": (config.n_hidden, shape.get("head.weight", (None, None))[-1], "columns in head.weight"),
+        "vocab": (len(vocab.chars), _dim(shape, "embedding.weight", 0, -2), "characters (embedding.weight's rows less 2)"),
+        "n_embd": (config.n_embd, _dim(shape, "embedding.weight", 1), "columns in embedding.weight"),
+        "n_hidden": (config.n_hidden, _dim(shape, "head.weight", 1), "columns in head.weight"),
         "layer_norm": (config.layer_norm, "norm.weight" in shape, "a norm.weight present"),
     }
     for field_name, (declared, found, what) in present.items():
@@ -423,8 +423,10 @@ def check_model_state(state: dict, config: Config, vocab: Vocab, path: Path, abo
     _check_shapes(shape, config, len(vocab), path, about)
 
 
-def _rows(shape: tuple | None) -> int | None:
-    return shape[0] - 2 if shape else None
+def _dim(shape: dict, key: str, axis: int, add: int = 0) -> int | None:
+    """Dimension ``axis`` of tensor ``key`` (plus ``add``), or None when it has no such tensor or axis."""
+    dims = shape.get(key, ())
+    return dims[axis] + add if len(dims) == 2 else None
 
 
 def _check_shapes(shape: dict, config: Config, vocab_size: int, path: Path, about: str) -> None:

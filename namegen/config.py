@@ -84,7 +84,7 @@ class Config:
         positive = ("n_layer", "n_embd", "n_hidden", "max_epochs", "batch_size", "block_size")
         for name in positive:
             if getattr(self, name) <= 0:
-                raise UserError(f"config: {name} must be a positive integer, got {getattr(self, name)}")
+                raise UserError(f"config: {name} must be a positive integer, got {brief(getattr(self, name))}")
         for name in DROPOUTS:
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise UserError(f"config: {name} must be in [0, 1), got {getattr(self, name)}")
@@ -118,9 +118,10 @@ class Config:
         if not isinstance(raw, dict):
             raise UserError(f"{source}: expected a mapping of keys to values")
         known = {f.name: f for f in fields(cls)}
-        unknown = sorted(brief(k) if not isinstance(k, str) else k for k in set(raw) - set(known))
+        unknown = sorted(k if isinstance(k, str) and len(k) <= 40 else brief(k) for k in set(raw) - set(known))
         if unknown:
-            raise UserError(f"{source}: unknown key(s) {brief(', '.join(unknown))}; allowed: {', '.join(known)}")
+            shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+            raise UserError(f"{source}: unknown key(s) {shown}; allowed: {', '.join(known)}")
         missing = [
             f.name for f in fields(cls)
             if f.name not in raw and f.default is dataclasses.MISSING
@@ -143,7 +144,7 @@ def _check_ranges(config: Config) -> None:
         if f.name in LIMITS and value is not None and value > LIMITS[f.name]:
             raise UserError(f"config: {f.name} is at most {LIMITS[f.name]}, got {brief(value)}")
         if f.name in ("seed", "split_seed") and value is not None and value < 0:
-            raise UserError(f"config: {f.name} must be 0 or more, got {value}")
+            raise UserError(f"config: {f.name} must be 0 or more, got {brief(value)}")
 
 
 def _coerce(value, expected: str, where: str):

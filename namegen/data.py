@@ -123,7 +123,7 @@ class Vocab:
         chars = list(chars)
         if not all(isinstance(c, str) and len(c) == 1 for c in chars) or len(set(chars)) != len(chars) or "." in chars:
             raise ValueError("vocabulary must be distinct single characters, without '.'")
-        if any(c in "\n\r\x00" or "\ud800" <= c <= "\udfff" for c in chars):  # a names file never yields them
+        if any(c in "\n\x00" or "\ud800" <= c <= "\udfff" for c in chars):  # a names file never yields them
             raise ValueError("vocabulary holds a line break, NUL or a lone surrogate, which no names file yields")
         self.chars = chars
         self.stoi = {c: i + 2 for i, c in enumerate(chars)}

@@ -379,7 +379,7 @@ def test_force_replaces_an_earlier_site(sites, tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"wrote {target}" in out and "400 (" in out
     files = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
-    assert files == ["app.js", "index.html", "model.json", "model.onnx", "names.txt", "ort/ort-wasm-simd-threaded.wasm",
+    assert files == ["app.js", "checks.js", "index.html", "model.json", "model.onnx", "names.txt", "ort/ort-wasm-simd-threaded.wasm",
                      "ort/ort.wasm.bundle.min.mjs", "ort/package.json", "sampler.js", "style.css"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]  # no temporary or old copy left
     assert json.loads((target / "ort" / "package.json").read_text())["version"] == "1.30.0"
