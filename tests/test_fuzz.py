@@ -327,6 +327,7 @@ GOOD_META = {"format": "namegen-gru-step/1", "vocab": list("abcde"), "pad_token"
              "n_training_names": 50, "onnxruntime_web": "1.30.0"}
 
 
+@pytest.mark.slow  # a Node process per example
 @pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js to run the page's checks.js")
 @given(data=st.data())
 def test_model_json_mutations(data):

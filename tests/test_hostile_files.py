@@ -212,6 +212,7 @@ for path in sys.argv[2:]:
 """
 
 
+@pytest.mark.slow
 def test_hostile_checkpoints_cost_no_memory(tmp_path, tiny):
     """In a fresh process, peak memory (ru_maxrss) after each of the files that used to allocate hundreds of
     megabytes (bytearray, a deflated record, a stride-0 weight, n_hidden 6000 over tiny weights)."""
@@ -235,6 +236,7 @@ def test_hostile_checkpoints_cost_no_memory(tmp_path, tiny):
         assert (code, lines) == ("2", "1") and int(grown) < 100, line
 
 
+@pytest.mark.slow
 def test_a_hostile_checkpoint_in_a_fresh_process_is_one_line_and_exit_2(tmp_path, tiny):
     path = edited(tmp_path, tiny[0], config={"n_hidden": 10**9})
     proc = subprocess.run([sys.executable, "-m", "namegen", "sample", "--ckpt", str(path)], capture_output=True,
@@ -274,6 +276,7 @@ def test_hostile_search_spaces(tmp_path, text, needle):
     assert exc.value.about == "space"
 
 
+@pytest.mark.slow
 def test_a_names_file_that_never_ends_is_refused():
     """Was: --data /dev/zero read forever (and filled memory)."""
     proc = subprocess.run([sys.executable, "-m", "namegen", "train", "--data", "/dev/zero", "--logger", "none"],
@@ -388,6 +391,7 @@ except UserError as exc:
 """
 
 
+@pytest.mark.slow
 def test_a_journal_on_a_full_disk_stops_in_one_line_keeping_the_finished_trials(journal):
     """A write the OS refuses while trials run (the file-size limit's EFBIG standing in for a full disk's
     ENOSPC; Python ignores SIGXFSZ), in a fresh process so that the limit touches nothing else."""

@@ -48,7 +48,8 @@ export function checkMeta(meta) {
   return meta;
 }
 
-/** The problems of a generation's size: n names of up to maxLen characters (a link can ask for 10^9). */
+/** The problems of a generation's size: n names of up to maxLen characters (a link can ask for 10^9);
+ *  a null n or maxLen is not checked. */
 export function limitProblems({ n, maxLen }) {
   const problems = [];
   if (Number.isFinite(n) && n > LIMITS.n) problems.push(`n is at most ${LIMITS.n}, got ${n}`);

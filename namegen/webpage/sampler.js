@@ -107,7 +107,7 @@ export class Sampler {
 
   /** NameGenerator._check, with the page's parameter names. */
   check({ n, temperature, topK, prefix, maxLen, minLen }) {
-    const problems = limitProblems({ n, maxLen });
+    const problems = limitProblems({ n: null, maxLen }); // n is the caller's (the page caps a link's)
     if (!(Number.isInteger(n) && n > 0)) problems.push(`n must be a positive integer, got ${n}`);
     if (!(temperature > 0)) problems.push(`temperature must be greater than 0, got ${temperature}`);
     const nChars = this.V - 1; // every token but padding can be sampled
