@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 MODEL ?= small
 
-.PHONY: setup train sample test test-fast stress-tests bench clean
+.PHONY: setup train sample test test-fast stress-tests fuzz bench clean
 
 $(BIN)/namegen: pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ STRESS_HOGS ?= 1
 STRESS_TESTS ?= -m slow
 stress-tests: setup  ## the tests that start processes, STRESS_RUNS times beside STRESS_HOGS busy cores (docs/development.md)
 	PYTHON=$(BIN)/python tests/stress.sh $(STRESS_RUNS) $(STRESS_HOGS) $(STRESS_TESTS)
+
+fuzz: setup  ## every reader fed hostile files, at length (Hypothesis's "long" profile; `make test` runs a short derandomised one)
+	HYPOTHESIS_PROFILE=long WANDB_MODE=offline WANDB_SILENT=true $(BIN)/python -m pytest -q -rs -m fuzz tests/test_fuzz.py
 
 bench: setup  ## speed as a user sees it (needs a quiet machine; writes bench/RESULTS.md)
 	$(BIN)/python bench/speed.py

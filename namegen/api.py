@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from namegen.checkpoint import LoadedModel, from_checkpoint_dict, read_checkpoint
+from namegen.config import LIMITS
 from namegen.data import IGNORE, TITLE, encode_names, find_training_file, read_names, shown
 from namegen.errors import DeviceUnavailable, UserError
 from namegen.model import char_nll
@@ -209,6 +210,8 @@ class NameGenerator:
                 f"max_len {max_len} must be at least 1, min_len {min_len} and the prefix length {len(prefix)}",
                 about="max_len",
             )
+        if max_len > LIMITS["block_size"]:  # a buffer of n x max_len ids is made up front
+            raise UserError(f"max_len is at most {LIMITS['block_size']}, got {max_len}", about="max_len")
 
 
 def _draw_filtered(draw, n: int, unique: bool, exclude: set[str], max_draws: int | None,

@@ -15,12 +15,13 @@ truncated to fit it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import yaml
 
-from namegen.errors import UserError
+from namegen.errors import UserError, brief
 
 
 
@@ -43,6 +44,12 @@ LR_SCHEDULES = ("constant", "cosine")
 DROPOUTS = ("dropout", "variational_dropout", "weight_drop", "embd_dropout", "layer_dropout")
 #: the keys that fix the model's shape and parameter count (a recipe search may not change them)
 ARCHITECTURE = ("n_layer", "n_embd", "n_hidden", "layer_norm")
+#: the largest value of each integer key: far beyond any useful model, far below what a file's numbers
+#: could otherwise ask of memory (n_hidden 10^9) or time (block_size 10^12 is the default --max-len)
+LIMITS = {"n_layer": 64, "n_embd": 16384, "n_hidden": 16384, "max_epochs": 100_000, "batch_size": 1 << 20,
+          "block_size": 10_000, "early_stopping_patience": 100_000, "seed": 2**32 - 1, "split_seed": 2**32 - 1}
+#: the largest config file read (the shipped ones are under 2 KB)
+MAX_CONFIG_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -75,10 +82,11 @@ class Config:
     ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
+        _check_ranges(self)
         positive = ("n_layer", "n_embd", "n_hidden", "max_epochs", "batch_size", "block_size")
         for name in positive:
             if getattr(self, name) <= 0:
-                raise UserError(f"config: {name} must be a positive integer, got {getattr(self, name)}")
+                raise UserError(f"config: {name} must be a positive integer, got {brief(getattr(self, name))}")
         for name in DROPOUTS:
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise UserError(f"config: {name} must be in [0, 1), got {getattr(self, name)}")
@@ -112,9 +120,10 @@ class Config:
         if not isinstance(raw, dict):
             raise UserError(f"{source}: expected a mapping of keys to values")
         known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(raw) - set(known))
+        unknown = sorted(k if isinstance(k, str) and len(k) <= 40 else brief(k) for k in set(raw) - set(known))
         if unknown:
-            raise UserError(f"{source}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(known)}")
+            shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+            raise UserError(f"{source}: unknown key(s) {shown}; allowed: {', '.join(known)}")
         missing = [
             f.name for f in fields(cls)
             if f.name not in raw and f.default is dataclasses.MISSING
@@ -126,6 +135,18 @@ class Config:
             expected = known[name].type
             values[name] = _coerce(value, expected, f"{source}: {name}")
         return cls(**values)
+
+
+def _check_ranges(config: Config) -> None:
+    """Every float finite (a NaN passes ``lr <= 0``), every integer within LIMITS, seeds not negative."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"config: {f.name} must be a finite number, got {value}")
+        if f.name in LIMITS and value is not None and value > LIMITS[f.name]:
+            raise UserError(f"config: {f.name} is at most {LIMITS[f.name]}, got {brief(value)}")
+        if f.name in ("seed", "split_seed") and value is not None and value < 0:
+            raise UserError(f"config: {f.name} must be 0 or more, got {brief(value)}")
 
 
 def _coerce(value, expected: str, where: str):
@@ -146,7 +167,7 @@ def _coerce(value, expected: str, where: str):
     elif expected == "str":
         if isinstance(value, str):
             return value
-    raise UserError(f"{where} must be of type {expected}, got {value!r}")
+    raise UserError(f"{where} must be of type {expected}, got {brief(value)}")
 
 
 def run_name_of(size_or_path: str) -> str:
@@ -175,15 +196,27 @@ def load_config(size_or_path: str, base: Config | None = None) -> Config:
     path = config_path(size_or_path)
     if not path.is_file():
         raise UserError(f"config file {path} not found", about="model")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0]
-        raise UserError(f"{path}: not valid YAML ({first})") from None
-    raw = raw or {}
+    raw = read_yaml(path, about="model") or {}
     if base is not None and isinstance(raw, dict):
         raw = {"block_size": base.block_size, **raw, **{key: getattr(base, key) for key in ARCHITECTURE}}
     elif isinstance(raw, dict) and not set(ARCHITECTURE) & set(raw):
         raise UserError(f"{path} is a recipe without an architecture ({', '.join(ARCHITECTURE)}): use it "
                         "with --init-from CKPT, which gives the architecture", about="model")
     return Config.from_dict(raw, source=str(path))
+
+
+def read_yaml(path: Path, about: str | None = "model"):
+    """``yaml.safe_load`` of a file of at most MAX_CONFIG_BYTES; whatever is wrong with it (not UTF-8, not
+    YAML, nested too deep, an integer too long to read) is one UserError naming the file."""
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise UserError(f"{path} is {path.stat().st_size} bytes; a config is at most {MAX_CONFIG_BYTES}", about=about)
+    try:
+        return yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text (byte {exc.start + 1}); save it as UTF-8", about=about) from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})", about=about) from None
+    except RecursionError:
+        raise UserError(f"{path}: its YAML is nested too deep to read", about=about) from None
+    except ValueError as exc:  # yaml's int() of a number beyond sys.get_int_max_str_digits()
+        raise UserError(f"{path}: a value cannot be read ({str(exc)[:80]})", about=about) from None

@@ -27,6 +27,9 @@ from namegen.errors import UserError
 PAD, END = 0, 1
 IGNORE = -100
 DEFAULT_DATA = Path(__file__).resolve().parent / "assets" / "names.txt"
+#: the longest name read: every name is padded to the longest, so one line of a million characters would
+#: make the training tensors a million columns wide
+MAX_NAME_CHARS = 256
 NAMES_SHA256 = "0a30b5557f192f32ab962680889aac5f6fda0f4cecf40a6d0b5694f58ea8cc4d"
 
 
@@ -44,6 +47,8 @@ def read_names(path: str | os.PathLike) -> list[str]:
         raise UserError(f"{path} does not exist; pass a text file with one name per line", about="data")
     if path.is_dir():
         raise UserError(f"{path} is a directory; pass a text file with one name per line", about="data")
+    if not path.is_file():  # /dev/zero, a FIFO: reading would never end
+        raise UserError(f"{path} is not a regular file; pass a text file with one name per line", about="data")
     raw = path.read_bytes()
     if b"\x00" in raw:
         raise UserError(f"{path} looks binary (it contains NUL bytes); pass a UTF-8 text file", about="data")
@@ -64,6 +69,9 @@ def _name(path: Path, lineno: int, line: bytes) -> str:
             f"{path} line {lineno} is not valid UTF-8 (byte {exc.start + 1}); re-save the file as UTF-8", about="data"
         ) from None
     name = text.replace("\ufeff", "").strip()
+    if len(name) > MAX_NAME_CHARS:
+        raise UserError(f"{path} line {lineno} is {len(name)} characters long; a name is at most {MAX_NAME_CHARS} "
+                        "(is it one name per line?)", about="data")
     if "." in name:
         raise UserError(
             f"{path} line {lineno} contains '.', which namegen reserves for the start/end-of-name token; "
@@ -156,8 +164,10 @@ class Vocab:
 
     def __init__(self, chars: list[str]):
         chars = list(chars)
-        if len(set(chars)) != len(chars) or any(len(c) != 1 for c in chars) or "." in chars:
+        if not all(isinstance(c, str) and len(c) == 1 for c in chars) or len(set(chars)) != len(chars) or "." in chars:
             raise ValueError("vocabulary must be distinct single characters, without '.'")
+        if any(c in "\n\x00" or "\ud800" <= c <= "\udfff" for c in chars):  # a names file never yields them
+            raise ValueError("vocabulary holds a line break, NUL or a lone surrogate, which no names file yields")
         self.chars = chars
         self.stoi = {c: i + 2 for i, c in enumerate(chars)}
         self.itos = {i + 2: c for i, c in enumerate(chars)}

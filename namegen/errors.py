@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import reprlib
 
 
 class UserError(Exception):
@@ -96,3 +97,19 @@ def shown_path(path: str | os.PathLike) -> str:
         if not rel.startswith(os.pardir):
             return rel
     return text
+
+
+_BRIEF = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+_BRIEF.maxlevel, _BRIEF.maxstring, _BRIEF.maxlong, _BRIEF.maxother = 2, 40, 40, 40
+_BRIEF.maxtuple = _BRIEF.maxlist = _BRIEF.maxarray = _BRIEF.maxdict = _BRIEF.maxset = _BRIEF.maxfrozenset = 4
+
+
+def brief(value) -> str:
+    """``repr(value)`` cut to a few dozen characters, whatever ``value`` is: an error message quotes what a
+    file holds, and a file can hold a string of a gigabyte, lists nested ten thousand deep or shared a
+    million times, or an integer too long for ``repr``."""
+    try:
+        return _BRIEF.repr(value)
+    except (ValueError, RecursionError):  # an int beyond sys.get_int_max_str_digits(), say
+        bits = value.bit_length() if isinstance(value, int) else None
+        return f"<an integer of {bits} bits>" if bits is not None else f"<a {type(value).__name__}>"

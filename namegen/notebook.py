@@ -34,10 +34,12 @@ from pathlib import Path
 
 import torch
 
-from namegen.checkpoint import LoadedModel, build_meta, load_weights, read_checkpoint, write_checkpoint
+from namegen.checkpoint import (
+    LoadedModel, build_meta, check_model_state, load_weights, read_checkpoint, write_checkpoint,
+)
 from namegen.config import Config
 from namegen.data import PAD, Vocab, sha256_of
-from namegen.errors import UserError
+from namegen.errors import UserError, brief
 from namegen.model import GRULanguageModel
 
 #: the 26 characters of names.txt, which the notebook's ``stoi`` maps to 2..27
@@ -98,7 +100,7 @@ def key_map(model_class: str) -> dict[str, str]:
 def _int_field(obj: dict, key: str, path) -> int:
     value = obj[key]
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise UserError(f"{path}: notebook file has {key}={value!r}; expected a positive integer")
+        raise UserError(f"{path}: notebook file has {key}={brief(value)}; expected a positive integer")
     return value
 
 
@@ -122,8 +124,10 @@ def from_notebook(obj: dict, path: str | Path, device: str | torch.device = "cpu
     path = Path(path)
     model_class, n_classes, embd_dim, hidden_dim = _check_fields(obj, path)
     state = _renamed_state(obj, model_class, path)
+    _check_declared(state, model_class, {"n_classes": n_classes, "embd_dim": embd_dim, "hidden_dim": hidden_dim}, path)
     config = notebook_config(model_class, embd_dim, hidden_dim)
     vocab = Vocab(NOTEBOOK_CHARS)
+    check_model_state(state, config, vocab, path, about="ckpt")  # every shape, before anything is built
     model = GRULanguageModel.from_config(config, vocab_size=n_classes)
     load_weights(model, state, f"{path}: its tensors do not fit {model_class} with embd_dim={embd_dim}, "
                  f"hidden_dim={hidden_dim}", path)
@@ -150,9 +154,9 @@ def _check_fields(obj: dict, path: Path) -> tuple[str, int, int, int]:
     if missing:
         raise UserError(f"{path}: notebook file lacks {', '.join(missing)} (save_model writes {', '.join(NOTEBOOK_KEYS)})")
     model_class = obj["model_class"]
-    if model_class not in NOTEBOOK_CLASSES:
+    if not isinstance(model_class, str) or model_class not in NOTEBOOK_CLASSES:
         raise UserError(
-            f"{path}: unknown model_class {model_class!r}; namegen reads the notebook's "
+            f"{path}: unknown model_class {brief(model_class)}; namegen reads the notebook's "
             f"{', '.join(NOTEBOOK_CLASSES)}"
         )
     n_classes = _int_field(obj, "n_classes", path)
@@ -164,14 +168,27 @@ def _check_fields(obj: dict, path: Path) -> tuple[str, int, int, int]:
     return model_class, n_classes, _int_field(obj, "embd_dim", path), _int_field(obj, "hidden_dim", path)
 
 
+def _check_declared(state: dict, model_class: str, declared: dict, path: Path) -> None:
+    """n_classes, embd_dim and hidden_dim against the tensors present, before any model is built."""
+    embedding, head = tuple(state["embedding.weight"].shape), tuple(state["head.weight"].shape)
+    found = {"n_classes": (embedding[:1], "rows in embedding.weight"),
+             "embd_dim": (embedding[1:2], "columns in embedding.weight"),
+             "hidden_dim": (head[1:2], "columns in linear.linear_projection.weight")}
+    for key, value in declared.items():
+        if found[key][0] != (value,):
+            raise UserError(f"{path}: its tensors do not fit {model_class} with embd_dim={declared['embd_dim']}, "
+                            f"hidden_dim={declared['hidden_dim']}: {key} is {value}, but there are "
+                            f"{found[key][0][0] if found[key][0] else 'no'} {found[key][1]}", about="ckpt")
+
+
 def _renamed_state(obj: dict, model_class: str, path: Path) -> dict:
     """The file's state_dict under namegen's keys; UserError when its keys are not the class's."""
     state = obj["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise UserError(f"{path}: notebook file's state_dict is not a dictionary of tensors")
     mapping = key_map(model_class)
     absent = [k for k in mapping if k not in state]
-    extra = sorted(set(state) - set(mapping))
+    extra = [brief(k) for k in sorted(set(state) - set(mapping))]
     if absent or extra:
         parts = []
         if absent:

@@ -18,10 +18,14 @@ whose process was killed is marked failed and the study goes on.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
+import json
 import math
 import os
 import socket
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,15 +37,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 import yaml  # noqa: E402
 from optuna.storages import JournalStorage, RDBStorage  # noqa: E402
-from optuna.storages.journal import JournalFileBackend  # noqa: E402
+from optuna.storages.journal import BaseJournalBackend, JournalFileBackend  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 from optuna_integration import PyTorchLightningPruningCallback  # noqa: E402
 from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
 
 from namegen.checkpoint import atomic_write, make_dirs, write_bytes  # noqa: E402
-from namegen.config import ARCHITECTURE, CONFIG_DIR, FINETUNE, SIZES, Config, load_config  # noqa: E402
+from namegen.config import ARCHITECTURE, CONFIG_DIR, FINETUNE, SIZES, Config, load_config, read_yaml  # noqa: E402
+from namegen.errors import TrainingDiverged, UserError, brief  # noqa: E402
 from namegen.finetune import load_base  # noqa: E402
-from namegen.errors import TrainingDiverged, UserError  # noqa: E402
 from namegen.training import TrainOptions, display, train  # noqa: E402
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -84,11 +88,10 @@ def load_search_space(path: Path, model: Config | None = None) -> SearchSpace:
     the config of the model trials start from (``--init-from``), whose architecture the base config takes."""
     if not path.is_file():
         raise UserError(f"search space {path} not found", about="space")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})", about="space") from None
-    unknown = sorted(set(raw) - {"base", "params", "pruner", "sampler", "enqueue"})
+    raw = read_yaml(path, about="space") or {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping with keys base, params, pruner, sampler, enqueue", about="space")
+    unknown = sorted(brief(k) for k in set(raw) - {"base", "params", "pruner", "sampler", "enqueue"})
     if unknown or not isinstance(raw.get("params"), dict) or not raw["params"]:
         raise UserError(f"{path}: expected keys base, params (a mapping), pruner, sampler, enqueue"
                         + (f"; unknown: {', '.join(unknown)}" if unknown else ""), about="space")
@@ -98,33 +101,54 @@ def load_search_space(path: Path, model: Config | None = None) -> SearchSpace:
     for key, spec in raw["params"].items():
         _check_param(path, key, spec, base)
     enqueue = raw.get("enqueue") or []
-    for point in enqueue:
+    for point in enqueue if isinstance(enqueue, list) else [enqueue]:
         if not isinstance(point, dict) or set(point) - set(raw["params"]):
-            raise UserError(f"{path}: each enqueue entry maps searched keys to values, got {point!r}", about="space")
+            raise UserError(f"{path}: each enqueue entry maps searched keys to values, got {brief(point)}",
+                            about="space")
+    for key, make in (("pruner", optuna.pruners.MedianPruner), ("sampler", optuna.samplers.TPESampler)):
+        _check_arguments(path, key, raw.get(key) or {}, make)
     return SearchSpace(path, base, base_name, raw["params"], raw.get("pruner") or {}, raw.get("sampler") or {},
                        enqueue)
 
 
 def _check_param(path: Path, key: str, spec, base: Config) -> None:
+    if not isinstance(key, str):
+        raise UserError(f"{path}: params: {brief(key)} is not a config key", about="space")
     if key in ARCHITECTURE:
         raise UserError(f"{path}: {key} is an architecture key; a recipe search keeps the size's architecture "
                         f"({', '.join(ARCHITECTURE)}) and parameter count", about="space")
     if key not in base.to_dict() or key in ("seed", "split_seed", "block_size"):
         raise UserError(f"{path}: {key} is not a recipe key of a config", about="space")
     kind = spec.get("type") if isinstance(spec, dict) else None
-    if kind not in KINDS or set(spec) - {"type", *KINDS[kind]}:
+    if not isinstance(kind, str) or kind not in KINDS or set(spec) - {"type", *KINDS[kind]}:
         raise UserError(f"{path}: {key}: expected {{type: float|int|categorical, ...}} with low/high[/log/step] or "
-                        f"choices, got {spec!r}", about="space")
+                        f"choices, got {brief(spec)}", about="space")
     if kind == "categorical" and not (isinstance(spec.get("choices"), list) and spec["choices"]):
         raise UserError(f"{path}: {key}: categorical needs a non-empty list of choices", about="space")
     if kind == "categorical":
         return
     low, high = spec.get("low"), spec.get("high")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
-        raise UserError(f"{path}: {key}: low and high must be numbers, got {low!r} and {high!r} (YAML reads 1.0e6 "
-                        f"as text: write 1.0e+6)", about="space")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)):
+        raise UserError(f"{path}: {key}: low and high must be numbers (finite), got {brief(low)} and {brief(high)} (YAML "
+                        f"reads 1.0e6 as text: write 1.0e+6)", about="space")
     if low > high:
         raise UserError(f"{path}: {key}: needs low <= high", about="space")
+    try:
+        distribution(spec)  # Optuna's own checks: log scale needs low > 0, step a positive number, ...
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{path}: {key}: {_first(exc)}", about="space") from None
+
+
+def _check_arguments(path: Path, key: str, args, make) -> None:
+    """``pruner``/``sampler``: arguments that Optuna's MedianPruner/TPESampler take (tried on a throwaway one)."""
+    try:
+        if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
+            raise TypeError("expected a mapping of argument names to values")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            make(**args)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{path}: {key}: {_first(exc)}", about="space") from None
 
 
 def distribution(spec: dict) -> optuna.distributions.BaseDistribution:
@@ -160,15 +184,130 @@ def open_storage(storage: str | None, runs_dir: Path):
         storage = f"sqlite:///{make_dirs(runs_dir) / 'optuna.db'}"
     if storage.endswith(".journal") and "://" not in storage:
         make_dirs(Path(storage).parent, about="storage")
+        check_journal(Path(storage))
         return JournalStorage(JournalFileBackend(storage)), storage
     try:  # a heartbeat lets any process see that a trial's process died (database storages)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(storage, heartbeat_interval=60, grace_period=180), storage
-    except (ValueError, ImportError, SQLAlchemyError) as exc:  # a bad URL, no driver, no server
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot open Optuna storage {storage} ({first[:200]}); give a database URL such as "
+    except SQLAlchemyError as exc:
+        raise storage_error(exc, storage) from None
+    except (ValueError, ImportError) as exc:  # a bad URL, no driver
+        raise UserError(f"cannot open Optuna storage {storage} ({_first(exc)}); give a database URL such as "
                         f"sqlite:///runs/tune/optuna.db or a file ending in .journal", about="storage") from None
+
+
+def _first(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+# ----------------------------------------------------------------------------- a damaged storage
+#
+# A crash mid-write, a full disk or a second writer can leave a storage damaged. SQLite's transactions
+# keep every finished trial; what breaks is said in one line with how to recover (storage_error). A
+# journal is checked before Optuna reads it (Optuna skips a record cut short at the end, then appends
+# after it, which breaks the next record too): damage stops the run, naming the line and how to keep
+# everything before it, and the file is left as it is.
+
+#: seconds to wait for a record another process may be writing at the end of a journal
+JOURNAL_SETTLE_S = 1.0
+
+
+def storage_error(exc: Exception, storage: str, doing: str = "cannot open Optuna storage") -> UserError:
+    """The one line for a database storage that fails: damaged, full, locked, or unreachable."""
+    text, shown = _first(exc), storage.removeprefix("sqlite:///")
+    if "disk is full" in text or "disk I/O error" in text:
+        how = f"the disk holding {shown} is full or failing: free some space and run the same command again"
+    elif "locked" in text:
+        how = (f"another process holds {shown} locked: run again when it is done, or give several processes "
+               "one study through a journal file (--storage FILE.journal)")
+    elif storage.startswith("sqlite") and ("not a database" in text or "malformed" in text):
+        how = (f"{shown} is damaged: keep what SQLite can read with `sqlite3 {shown} .recover | sqlite3 "
+               f"recovered.db` and pass --storage sqlite:///recovered.db, or start afresh with another --storage")
+    else:
+        how = ("give a database URL such as sqlite:///runs/tune/optuna.db or a file ending in .journal")
+    return UserError(f"{doing} {storage} ({text}); {how}", about="storage")
+
+
+def check_journal(path: Path) -> None:
+    """Refuse a journal that is damaged (see above), naming the first bad line and how to keep the rest."""
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise UserError(f"{path} is not a regular file; give a journal file Optuna wrote, or a new name",
+                        about="storage")
+    lines, bad = _read_journal(path)
+    unreplayable = _first_unreplayable([json.loads(line) for line in lines[:bad]])
+    bad = unreplayable if unreplayable is not None else bad
+    if bad is None:
+        return
+    finished = _finished_in(lines[:bad])
+    fixed = path.with_name(f"{path.stem}-kept{path.suffix}")
+    raise UserError(f"{path} is damaged at line {bad + 1} (a record cut short or overwritten, as a crash or a full "
+                    f"disk leaves it); the {bad} line(s) before it are intact and hold {finished} finished "
+                    f"trial(s): keep them with `head -n {bad} {path} > {fixed}` and pass --storage {fixed} "
+                    "(the damaged file is left as it is)", about="storage")
+
+
+def _read_journal(path: Path) -> tuple[list[bytes], int | None]:
+    """The journal's complete lines, and the index of the first that is no JSON record (None: all are).
+    A last line without its newline may be a record another process is writing: it gets a moment."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        time.sleep(JOURNAL_SETTLE_S)
+        data = path.read_bytes()
+    lines = data.split(b"\n")
+    tail = lines.pop()  # b"" when the file ends with a newline
+    for i, line in enumerate(lines):
+        if not _is_record(line):
+            return lines, i
+    return lines, (len(lines) if tail else None)
+
+
+def _is_record(line: bytes) -> bool:
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError both
+        return False
+    return isinstance(record, dict) and isinstance(record.get("op_code"), int)
+
+
+class _ReadOnlyJournal(BaseJournalBackend):
+    """A journal's records, already read, replayed by Optuna's own JournalStorage: nothing is written."""
+
+    def __init__(self, logs: list[dict]):
+        self.logs = logs
+
+    def read_logs(self, log_number_from: int) -> list[dict]:
+        return self.logs[log_number_from:]
+
+    def append_logs(self, logs: list[dict]) -> None:
+        raise RuntimeError("a journal is only read here")
+
+
+def _replays(logs: list[dict]) -> bool:
+    try:
+        JournalStorage(_ReadOnlyJournal(logs)).get_all_studies()
+        return True
+    except Exception:  # noqa: BLE001 (a record Optuna cannot apply: a KeyError, TypeError, ...)
+        return False
+
+
+def _first_unreplayable(logs: list[dict]) -> int | None:
+    """The index of the first record Optuna cannot apply (None: it replays whole), by bisection."""
+    if _replays(logs):
+        return None
+    good, bad = 0, len(logs)  # logs[:good] replays, logs[:bad] does not
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        good, bad = (middle, bad) if _replays(logs[:middle]) else (good, middle)
+    return good
+
+
+def _finished_in(lines: list[bytes]) -> int:
+    storage = JournalStorage(_ReadOnlyJournal([json.loads(line) for line in lines]))
+    return sum(len(storage.get_all_trials(s._study_id, deepcopy=False, states=FINISHED))
+               for s in storage.get_all_studies())
 
 
 def open_study(storage, name: str, space: SearchSpace, sampler_seed: int | None) -> optuna.Study:
@@ -298,6 +437,27 @@ def tune(opts: TuneOptions) -> optuna.Study:
     space = load_search_space(search_space_path(opts.model, opts.space), start.loaded.config if start else None)
     name = opts.study or default_study_name(opts, start)
     storage, url = open_storage(opts.storage, opts.runs_dir)
+    with storage_failures(url):
+        return _tune(opts, space, name, storage, url)
+
+
+@contextlib.contextmanager
+def storage_failures(url: str):
+    """A storage that fails while the study runs (a disk filling up, a database damaged or locked by another
+    process) is one line saying how to recover; the trials finished before it are kept in the storage."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        raise storage_error(exc, url, "the Optuna storage failed:") from None
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        raise UserError(f"cannot write the Optuna storage {url}: {exc.strerror}; the finished trials are kept: free "
+                        "some space and run the same command again (a journal cut short names how to keep the "
+                        "rest)", about="storage") from None
+
+
+def _tune(opts: TuneOptions, space: SearchSpace, name: str, storage, url: str) -> optuna.Study:
     study = open_study(storage, name, space, opts.sampler_seed)
     for number in fail_dead_trials(study):
         print(f"namegen tune: trial {number} was running in a process that is gone; marked failed", flush=True)

@@ -6,7 +6,8 @@
 The directory holds everything the page needs, so it works offline and on any
 static file server (GitHub Pages, Netlify, S3, ``python -m http.server``)::
 
-    index.html app.js sampler.js style.css   the page (namegen/webpage, shipped with namegen)
+    index.html app.js sampler.js checks.js style.css   the page (namegen/webpage, shipped with namegen;
+                                             checks.js checks model.json and the URL query's limits)
     model.onnx                               the one-step graph of ``namegen.export``
     model.json                               its metadata: vocabulary, start/end/pad tokens, block_size
     names.txt                                the training names, sorted, one a line ("new names only")
@@ -51,7 +52,7 @@ ORT_WEB_SHA256 = "d2228df7e4616bc3348bf504ee888f3bec43789a273f0a63f3e68d203ce3bf
 #: the files of the package the page loads (the wasm-only bundle embeds its glue code), and its package.json
 ORT_WEB_FILES = ("dist/ort.wasm.bundle.min.mjs", "dist/ort-wasm-simd-threaded.wasm", "package.json")
 PAGE_DIR = Path(__file__).resolve().parent / "webpage"
-PAGE_FILES = ("index.html", "app.js", "sampler.js", "style.css")
+PAGE_FILES = ("index.html", "app.js", "sampler.js", "checks.js", "style.css")
 NAMES_FILE = "names.txt"
 #: written last into every site: with --force, only a directory holding it is replaced wholesale
 MARKER = "model.json"

@@ -61,3 +61,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# Hypothesis profiles (tests/test_fuzz.py): "fast", derandomised, in every run of the suite (CI stays stable);
+# "long", random and many more examples, on demand: `make fuzz` (HYPOTHESIS_PROFILE=long).
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # the fuzz tests skip themselves; the rest of the suite needs no Hypothesis
+    pass
+else:
+    _SLOW_OK = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large]
+    settings.register_profile("fast", derandomize=True, max_examples=12, deadline=None, database=None,
+                              suppress_health_check=_SLOW_OK, print_blob=True)
+    settings.register_profile("long", max_examples=400, deadline=None, suppress_health_check=_SLOW_OK,
+                              print_blob=True)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))

@@ -65,7 +65,7 @@ def test_non_finite_weights_are_refused_in_one_line(tmp_path):
     model = GRULanguageModel.from_config(config, vocab_size=5)
     state = model.state_dict()
     state["layers.0.Wh.weight"][0, 0] = float("nan")
-    path = write_checkpoint(tmp_path / "diverged.ckpt", build_meta(config, Vocab(list("abc")), 1), state)
+    path = write_checkpoint(tmp_path / "diverged.ckpt", build_meta(config, Vocab(list("abc")), model.num_parameters()), state)
     with pytest.raises(UserError, match=r"non-finite weights \(layers.0.Wh.weight") as exc:
         load_checkpoint(path)
     assert exc.value.about == "ckpt" and str(path) in str(exc.value)

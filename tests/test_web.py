@@ -294,6 +294,38 @@ def test_a_model_that_fails_to_load_shows_a_message(sites, browser, tmp_path, da
         page.context.close()
 
 
+@pytest.mark.parametrize("edit, needle", [
+    ({"n_layer": 10**9}, "model.json: n_layer is 1000000000"),
+    ({"vocab": "abc"}, "model.json: vocab is"),
+    ({"training_names": "../../secrets"}, "model.json: training_names"),
+    (None, "model.json is not valid JSON"),
+], ids=["huge-n_layer", "vocab-not-a-list", "names-outside-the-site", "not-json"])
+def test_a_hostile_model_json_shows_a_message(sites, browser, tmp_path, edit, needle):
+    """model.json is read from wherever the site is served: each field is checked (checks.js) before use."""
+    site, _, _ = sites("latin")
+    broken = tmp_path / "site"
+    shutil.copytree(site, broken)
+    meta = json.loads((broken / "model.json").read_text(encoding="utf-8"))
+    (broken / "model.json").write_text("{not json" if edit is None else json.dumps({**meta, **edit}), encoding="utf-8")
+    with serve(broken) as url:
+        opened = open_page(browser, url)
+        page = opened.page
+        assert page.evaluate("document.body.dataset.state") == "error"
+        message = page.inner_text("#status")
+        assert "could not be loaded" in message and needle in message, message
+        assert page.is_disabled("#generate") and not [e for e in opened.errors if e.startswith("uncaught")]
+        page.context.close()
+
+
+def test_a_link_asking_for_a_billion_names_shows_a_message(sites, server, browser):
+    """The URL query fills the form; n and max length are capped before anything is allocated."""
+    opened = open_page(browser, _url(server, "latin", n=10**9, max_len=10**12))
+    message = opened.page.inner_text("#status")
+    assert "n is at most 10000" in message and "max length is at most 10000" in message, message
+    assert _shown(opened.page) == [] and not [e for e in opened.errors if e.startswith("uncaught")]
+    opened.page.context.close()
+
+
 def test_opened_from_disk_says_to_serve_it(sites, browser):
     """index.html opened as a file (Chromium runs no modules from file://): a visible message saying how to serve it."""
     site, _, _ = sites("latin")
@@ -405,7 +437,7 @@ def test_force_replaces_an_earlier_site(sites, tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"wrote {target}" in out and "400 (" in out
     files = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
-    assert files == ["app.js", "index.html", "model.json", "model.onnx", "names.txt", "ort/ort-wasm-simd-threaded.wasm",
+    assert files == ["app.js", "checks.js", "index.html", "model.json", "model.onnx", "names.txt", "ort/ort-wasm-simd-threaded.wasm",
                      "ort/ort.wasm.bundle.min.mjs", "ort/package.json", "sampler.js", "style.css"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]  # no temporary or old copy left
     assert json.loads((target / "ort" / "package.json").read_text())["version"] == "1.30.0"

@@ -2,6 +2,7 @@
 // window.namegen = { ready, sampler, generate(opts), score(names), trainingNames(), timings }.
 
 import { Sampler } from "./sampler.js";
+import { limitProblems } from "./checks.js";
 
 const $ = (id) => document.getElementById(id);
 const BASE = new URL(".", document.baseURI);
@@ -101,7 +102,10 @@ async function onGenerate(event) {
     // a seed for every generation (the link's, else a random one), kept in the URL: a copied link
     // shows the same names; the next click draws new ones
     if (api.seed === null || !Number.isFinite(api.seed)) api.seed = crypto.getRandomValues(new Uint32Array(1))[0];
-    const result = await generate(formOptions());
+    const opts = formOptions();
+    const problems = limitProblems(opts); // a link can ask for 10^9 names
+    if (problems.length) throw new Error(problems.join("; "));
+    const result = await generate(opts);
     render(result);
     api.timings.lastGenerateMs = performance.now() - started;
     setStatus(result.shortfall || "", Boolean(result.shortfall));

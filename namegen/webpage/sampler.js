@@ -10,11 +10,12 @@
 // NameGenerator does.
 
 import * as ort from "./ort/ort.wasm.bundle.min.mjs";
+import { ModelError, checkMeta, limitProblems } from "./checks.js";
 
 ort.env.wasm.numThreads = 1; // no SharedArrayBuffer, so no cross-origin isolation headers needed
 ort.env.logLevel = "error";
 
-export class SamplerError extends Error {}
+export { ModelError as SamplerError };
 
 export class Sampler {
   constructor(session, meta) {
@@ -36,16 +37,21 @@ export class Sampler {
   static async load(base) {
     const metaUrl = new URL("model.json", base);
     const response = await fetch(metaUrl);
-    if (!response.ok) throw new SamplerError(`model.json: ${response.status} ${response.statusText}`);
-    const meta = await response.json();
+    if (!response.ok) throw new ModelError(`model.json: ${response.status} ${response.statusText}`);
+    let meta;
+    try {
+      meta = checkMeta(JSON.parse(await response.text()));
+    } catch (err) {
+      throw err instanceof ModelError ? err : new ModelError(`model.json is not valid JSON: ${err.message || err}`);
+    }
     const model = await fetch(new URL("model.onnx", base));
-    if (!model.ok) throw new SamplerError(`model.onnx: ${model.status} ${model.statusText}`);
+    if (!model.ok) throw new ModelError(`model.onnx: ${model.status} ${model.statusText}`);
     const bytes = new Uint8Array(await model.arrayBuffer());
     let session;
     try {
       session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"] });
     } catch (err) {
-      throw new SamplerError(`model.onnx could not be read by onnxruntime-web: ${err.message || err}`);
+      throw new ModelError(`model.onnx could not be read by onnxruntime-web: ${err.message || err}`);
     }
     return new Sampler(session, meta);
   }
@@ -98,7 +104,7 @@ export class Sampler {
     for (const name of names) {
       const unknown = this.unknownChars(name);
       if (unknown.length || !name) {
-        throw new SamplerError(`cannot score ${JSON.stringify(name)}: characters not in the vocabulary: ` +
+        throw new ModelError(`cannot score ${JSON.stringify(name)}: characters not in the vocabulary: ` +
           JSON.stringify(unknown.join("")));
       }
     }
@@ -122,7 +128,7 @@ export class Sampler {
 
   /** NameGenerator._check, with the page's parameter names. */
   check({ n, temperature, topK, prefix, maxLen, minLen }) {
-    const problems = [];
+    const problems = limitProblems({ n: null, maxLen }); // n is the caller's (the page caps a link's)
     if (!(Number.isInteger(n) && n > 0)) problems.push(`n must be a positive integer, got ${n}`);
     if (!(temperature > 0)) problems.push(`temperature must be greater than 0, got ${temperature}`);
     const nChars = this.V - 1; // every token but padding can be sampled
@@ -139,7 +145,7 @@ export class Sampler {
         maxLen < Math.max(minLen, plen, 1)) {
       problems.push(`max length ${maxLen} must be at least 1, the min length ${minLen} and the prefix length ${plen}`);
     }
-    if (problems.length) throw new SamplerError(problems.join("; "));
+    if (problems.length) throw new ModelError(problems.join("; "));
   }
 
   /**
@@ -247,7 +253,7 @@ export class Sampler {
 /** NameGenerator's _draw_filtered: drop repeats (unique) and excluded names, in bounded rounds. */
 async function drawFiltered(draw, o) {
   const limit = o.maxDraws ?? 20 * o.n + 1000;
-  if (limit < o.n) throw new SamplerError(`max draws must be at least n (${o.n}), got ${limit}`);
+  if (limit < o.n) throw new ModelError(`max draws must be at least n (${o.n}), got ${limit}`);
   const exclude = o.exclude || new Set();
   const seen = new Set();
   const names = [];
