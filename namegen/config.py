@@ -199,7 +199,7 @@ def load_config(size_or_path: str, base: Config | None = None) -> Config:
     raw = read_yaml(path, about="model") or {}
     if base is not None and isinstance(raw, dict):
         raw = {"block_size": base.block_size, **raw, **{key: getattr(base, key) for key in ARCHITECTURE}}
-    elif isinstance(raw, dict) and not set(ARCHITECTURE) & set(raw):
+    elif isinstance(raw, dict) and raw and set(raw) <= {f.name for f in fields(Config)} - set(ARCHITECTURE):
         raise UserError(f"{path} is a recipe without an architecture ({', '.join(ARCHITECTURE)}): use it "
                         "with --init-from CKPT, which gives the architecture", about="model")
     return Config.from_dict(raw, source=str(path))

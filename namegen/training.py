@@ -354,7 +354,8 @@ def build_trainer(plan: RunPlan, opts: TrainOptions, n_params: int) -> tuple[pl.
         logger=loggers or False, callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],  # a kill mid-save never leaves a partial best/last.ckpt
         use_distributed_sampler=False,  # the data module shards batches across ranks itself
-        log_every_n_steps=min(10, plan.steps_per_epoch), enable_model_summary=False, enable_progress_bar=progress_bar, precision=plan.precision,
+        log_every_n_steps=min(10, plan.steps_per_epoch),  # a short list's epoch may have fewer steps than 10
+        enable_model_summary=False, enable_progress_bar=progress_bar, precision=plan.precision,
     )
     for key in ("limit_train_batches", "limit_val_batches"):
         if getattr(opts, key) is not None:

@@ -272,3 +272,16 @@ def test_new_only_leaves_out_the_list_as_written(tmp_path, capsys):
     listed = set(data.read_text(encoding="utf-8").split())
     assert all(row["name"][0].isupper() for row in rows)
     assert all(row["is_new"] == (row["name"] not in listed) for row in rows)
+
+
+def test_tune_searches_a_fine_tuning_recipe(tmp_path, capsys):
+    """namegen tune --init-from: every trial starts from the base; the study is named after recipe, base and list."""
+    base, data = tiny_base(tmp_path / "base.ckpt"), short_list(tmp_path, "estonian", 40)
+    argv = ["--init-from", base, "--data", data, "--trials", "1", "--max-epochs", "1", "--runs-dir", tmp_path / "runs",
+            "--reports-dir", tmp_path / "reports", "--storage", tmp_path / "studies.journal", "--logger", "csv"]
+    assert run("tune", argv) == 0
+    printed = capsys.readouterr().out
+    assert "study 'finetune-tiny-estonian-40'" in printed and "starting from" in printed
+    (trial,) = (tmp_path / "runs" / "finetune-tiny-estonian-40").glob("trial-*/best.ckpt")
+    meta = load_model(trial).meta
+    assert meta["base"]["sha256"] == sha256_of(base) and meta["case"] == TITLE

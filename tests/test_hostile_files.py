@@ -277,10 +277,12 @@ def test_hostile_search_spaces(tmp_path, text, needle):
 
 
 @pytest.mark.slow
-def test_a_names_file_that_never_ends_is_refused():
-    """Was: --data /dev/zero read forever (and filled memory)."""
+def test_a_names_file_that_never_ends_is_refused(tmp_path):
+    """Was: --data /dev/zero read forever (and filled memory). (In tmp_path: a checkout's own checkpoints/small
+    from `make train` would be refused first.)"""
     proc = subprocess.run([sys.executable, "-m", "namegen", "train", "--data", "/dev/zero", "--logger", "none"],
-                          capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                          capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                          cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("error: --data: /dev/zero is not a regular file")
 
 
