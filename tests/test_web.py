@@ -412,7 +412,11 @@ def test_without_npm_the_tarball_comes_from_the_registry_and_is_checked(sites, t
     fake = tmp_path / "registry" / "onnxruntime-web" / "-"
     fake.mkdir(parents=True)
     (fake / f"onnxruntime-web-{ORT_WEB_VERSION}.tgz").write_bytes(b"not the package")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "registry"))
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # the request log would go to stderr, beside the error line
+            pass
+
+    handler = functools.partial(Quiet, directory=str(tmp_path / "registry"))
     with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as httpd:
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
         monkeypatch.setenv("NAMEGEN_NPM_REGISTRY", f"http://127.0.0.1:{httpd.server_address[1]}")
@@ -443,3 +447,27 @@ def test_force_replaces_an_earlier_site(sites, tmp_path, capsys):
     assert json.loads((target / "ort" / "package.json").read_text())["version"] == "1.30.0"
     assert math.isclose(sum(p.stat().st_size for p in target.rglob("*") if p.is_file()),
                         sum(p.stat().st_size for p in site.rglob("*") if p.is_file()), rel_tol=0.01)
+
+
+def test_capitalised_lists_and_capital_prefixes(sites, server, browser, tmp_path):
+    """A model that learned a capitalised list in lower case (case "title") shows its names capitalised, as
+    namegen sample does; on a lowercase model a prefix typed with a capital ("Ka") conditions on "ka" and the
+    names start with "Ka" as typed."""
+    site, ckpt, _ = sites("latin")
+    page = open_page(browser, _url(server, "latin", n=5, seed=1)).page
+    typed = page.evaluate("() => window.namegen.generate({n: 30, prefix: 'Ka', seed: 3})")["names"]
+    assert all(s["name"].startswith("Ka") and s["name"][2:] == s["name"][2:].lower() for s in typed)
+    gen = NameGenerator.from_checkpoint(ckpt)
+    got = page.evaluate("names => window.namegen.score(names)", ["Kate", "kate"])
+    assert max(abs(a - b) for a, b in zip(got, gen.score(["Kate", "kate"]))) < 1e-4
+    page.context.close()
+
+    obj = torch.load(ckpt, weights_only=True)
+    obj["namegen"]["case"] = "title"
+    torch.save(obj, tmp_path / "title.ckpt")
+    assert run("export", ["--ckpt", tmp_path / "title.ckpt", "--web", site.parent / "title"]) == 0
+    assert json.loads((site.parent / "title" / "model.json").read_text(encoding="utf-8"))["case"] == "title"
+    page = open_page(browser, _url(server, "title", n=5, seed=1)).page
+    shown = page.evaluate("() => window.namegen.generate({n: 30, seed: 3})")["names"]
+    assert all(s["name"][0].isupper() for s in shown)
+    page.context.close()
