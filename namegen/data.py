@@ -176,11 +176,6 @@ class Vocab:
     def from_names(cls, names: list[str]) -> "Vocab":
         return cls(sorted(set("".join(names))))
 
-    def grown(self, names: list[str]) -> "Vocab":
-        """This vocabulary's characters and the new ones of ``names``, sorted: the vocabulary a run
-        from this model needs. Ids move (a character keeps its row by character, not by id)."""
-        return Vocab(sorted(set(self.chars) | set("".join(names))))
-
     def __len__(self) -> int:
         """Number of token ids, padding and ``.`` included (the model's output size)."""
         return len(self.chars) + 2

@@ -19,8 +19,8 @@ class NamesDataModule(pl.LightningDataModule):
     """names.txt -> vocabulary, 80/20 split and batches.
 
     ``vocab`` can be given (a checkpoint's) to encode a file with a fixed
-    vocabulary; otherwise it is built from the file, or, with ``base_vocab`` (the
-    model a run starts from), grown from that one by the file's new characters.
+    vocabulary; otherwise it is built from the file (also for a run that starts
+    from a trained model: ``namegen.finetune`` carries its rows over by character).
     ``case`` (``namegen.data.case_of``) is how the names are learned: given when
     resuming, found from the file otherwise; under ``"title"`` they are learned in
     lower case.
@@ -36,7 +36,6 @@ class NamesDataModule(pl.LightningDataModule):
         vocab: Vocab | None = None,
         split_seed: int | None = None,
         case: str | None = None,
-        base_vocab: Vocab | None = None,
     ):
         super().__init__()
         self.path = Path(data)
@@ -47,7 +46,6 @@ class NamesDataModule(pl.LightningDataModule):
         self.group_by_length = group_by_length
         self.vocab = vocab
         self.case = case
-        self.base_vocab = base_vocab
         self.names: list[str] | None = None
         self.long_names: list[str] = []
 
@@ -58,7 +56,7 @@ class NamesDataModule(pl.LightningDataModule):
         self.case = self.case or case_of(names)
         names = fold(names, self.case)
         if self.vocab is None:
-            self.vocab = self.base_vocab.grown(names) if self.base_vocab else Vocab.from_names(names)
+            self.vocab = Vocab.from_names(names)
         elif unknown := self.vocab.unknown_chars("".join(names)):
             raise UserError(f"{self.path} has characters the model's vocabulary lacks: {''.join(unknown)!r}",
                             about="data")

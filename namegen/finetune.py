@@ -5,9 +5,9 @@ new checkpoint records of it, and its weights carried into the new run's model.
     carried = transplant(base, model, vocab, names)       # model: the run's fresh GRULanguageModel
 
 The architecture is the base's, so every GRU, LayerNorm and head-input weight is copied as it is.
-Only the vocabulary may differ: the run's is the base's characters and the list's new ones, sorted
-(``Vocab.grown``), so ids move. The embedding's and the head's rows are matched by character,
-never by id:
+Only the vocabulary differs: the run's is the list's own characters, sorted, as a run from scratch
+on the list has (a model fine-tuned on Cyrillic names writes Cyrillic, never the base's Latin
+letters), so ids move. The embedding's and the head's rows are matched by character, never by id:
 
 - a character the base knows keeps its learned rows;
 - a new character starts from a related one the base knows (``relative``: its lower case, its
@@ -17,7 +17,8 @@ never by id:
 - a new character with no relative starts from the mean of the base's character rows.
 
 The rows of the known characters are untouched, so at step 0 the model's probabilities among the
-characters the base knew are exactly the base's (tests/test_finetune.py holds it). A notebook
+characters both know are exactly the base's (tests/test_finetune.py holds it). The base's letters
+that the list never uses are left out. A notebook
 model, which started names from padding and never saw ``.`` as an input, gets padding's embedding
 row as ``.``'s: the new run starts names where the notebook did.
 """
@@ -94,6 +95,7 @@ class Carried:
     kept: list[str] = field(default_factory=list)  # known to the base: its rows
     related: dict[str, str] = field(default_factory=dict)  # new: started from this known character
     fresh: list[str] = field(default_factory=list)  # new, no relative: the mean of the base's rows
+    dropped: list[str] = field(default_factory=list)  # the base's, never in the list: left out
 
     def summary(self) -> str:
         """One line for the start of the run."""
@@ -104,6 +106,9 @@ class Carried:
             line += f"; {len(self.related)} new start from a related one ({pairs}{more})"
         if self.fresh:
             line += f"; {len(self.fresh)} new start from the average ({''.join(self.fresh)})"
+        if self.dropped:
+            shown = "".join(self.dropped[:30]) + ("..." if len(self.dropped) > 30 else "")
+            line += f"; {len(self.dropped)} of the base's, never in the list, are left out ({shown})"
         return line
 
 
@@ -150,4 +155,5 @@ def _carry_rows(base: Base, source: dict, target: dict, vocab: Vocab, counts: Co
         else:
             new_emb[i], new_w[i], new_b[i] = emb[chars].mean(0), w[chars].mean(0), b[chars].mean()
             carried.fresh.append(char)
+    carried.dropped = [c for c in old.chars if c not in vocab.stoi]
     return carried

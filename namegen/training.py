@@ -286,8 +286,7 @@ def build_data(plan: RunPlan, opts: TrainOptions) -> NamesDataModule:
     """The data module, set up (so a bad file fails before the Trainer starts)."""
     datamodule = NamesDataModule(plan.data_path, batch_size=plan.config.batch_size, seed=plan.config.seed,
                                  block_size=plan.config.block_size, group_by_length=opts.group_by_length,
-                                 vocab=plan.vocab, split_seed=plan.config.data_seed, case=plan.case,
-                                 base_vocab=plan.base.loaded.vocab if plan.base else None)
+                                 vocab=plan.vocab, split_seed=plan.config.data_seed, case=plan.case)
     datamodule.setup("fit")
     plan.steps_per_epoch = len(datamodule.train_dataloader())
     saved_sha = ((plan.resume_ckpt or {}).get("namegen", {}).get("data") or {}).get("sha256")
