@@ -154,7 +154,7 @@ class Row:
             f"{s.new:.1%}",
             f"{s.train_copy:.1%}",
             f"{s.val_only:.1%}",
-            f"{s.copy_excess:.2f}",
+            f"{s.copy_excess:.2f}" if s.copy_excess == s.copy_excess else "n/a (no val match)",
             f"{s.duplicate:.1%}",
             f"{s.mean_len:.2f} ({s.data_mean_len:.2f})",
             f"{s.first_letter_tv:.3f}",
