@@ -251,10 +251,13 @@ def test_a_recipe_without_an_architecture_needs_init_from(capsys):
 
 
 @pytest.mark.slow
-def test_the_base_is_in_the_w_and_b_run(tmp_path, capsys):
+def test_the_base_is_in_the_w_and_b_run(tmp_path):
+    """In a process of its own, as a user runs it (an in-process W&B run would leave its service to every
+    later test's processes)."""
     base, data, out = tiny_base(tmp_path / "base.ckpt"), short_list(tmp_path, "estonian", 40), tmp_path / "run"
-    assert run("train", ["--init-from", base, "--data", data, "--max-epochs", "1", "--out", out]) == 0
-    assert "recorded in this run's config (base)" in capsys.readouterr().out
+    proc = run_cli("train.py", "--init-from", str(base), "--data", str(data), "--max-epochs", "1", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "recorded in this run's config (base)" in proc.stdout
     (run_dir,) = out.glob("wandb/offline-run-*")
     config = {item.key: json.loads(item.value_json) for record in read_wandb_records(run_dir)
               if record.WhichOneof("record_type") == "run" for item in record.run.config.update}

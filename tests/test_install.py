@@ -65,7 +65,8 @@ def test_the_installed_package_is_the_one_that_runs(installed):
     site = env["PYTHONPATH"]
     assert module.startswith(site), module  # not the checkout's copy
     assert config_dir == f"{site}/namegen/configs"
-    assert sorted(p.name for p in Path(config_dir).glob("*.yaml")) == ["large.yaml", "medium.yaml", "small.yaml"]
+    assert sorted(p.name for p in Path(config_dir).glob("*.yaml")) == ["finetune.yaml", "large.yaml", "medium.yaml",
+                                                                       "small.yaml"]
     assert (Path(site) / "namegen" / "assets" / "names.txt").is_file()
 
 
