@@ -68,6 +68,7 @@ class TrainOptions:
     precision: str | None = None
     limit_train_batches: int | float | None = None
     limit_val_batches: int | float | None = None
+    profiler: object = None  # a Lightning profiler ("simple", "advanced" or an instance): bench/profile_step.py
     # monitoring
     logger: str = "wandb"  # wandb (+ metrics.csv), csv or none
     wandb_mode: str | None = None
@@ -355,6 +356,7 @@ def build_trainer(plan: RunPlan, opts: TrainOptions, n_params: int) -> tuple[pl.
         use_distributed_sampler=False,  # the data module shards batches across ranks itself
         log_every_n_steps=min(10, plan.steps_per_epoch),  # a short list's epoch may have fewer steps than 10
         enable_model_summary=False, enable_progress_bar=progress_bar, precision=plan.precision,
+        profiler=opts.profiler,
     )
     for key in ("limit_train_batches", "limit_val_batches"):
         if getattr(opts, key) is not None:
