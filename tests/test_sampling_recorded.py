@@ -1,0 +1,72 @@
+"""Speed work keeps sampling's results: at a fixed seed, ``sample_ids`` gives the names and
+log-probabilities recorded before it (tests/fixtures/sampled.json), for one- and three-layer models
+(LayerNorm too) and every control (temperature, top-k, prefix, length limits). Rewrite the fixture
+only for a change meant to change what a seed samples, with
+
+    python tests/test_sampling_recorded.py       # records with the code as it is, into tests/fixtures/
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from namegen.model import GRULanguageModel
+from namegen.sampling import sample_ids
+
+FIXTURE = Path(__file__).parent / "fixtures" / "sampled.json"
+MODELS = {  # name: (n_layer, n_embd, n_hidden, layer_norm, weights' scale), vocabulary 28 as names.txt's
+    "one-layer": (1, 64, 128, False, 3.0),
+    "three-layers-norm": (3, 16, 48, True, 1.0),
+}
+CASES = {  # name: sample_ids keywords (n = 600 names; rows leave the batch at different steps)
+    "plain": {"max_len": 12},
+    "temperature-top-k": {"max_len": 12, "temperature": 0.7, "top_k": 5},
+    "prefix-min-len": {"max_len": 9, "min_len": 4, "prefix_ids": [3, 16]},
+    "hot": {"max_len": 15, "temperature": 1.6},
+}
+
+
+def model_for(name: str) -> GRULanguageModel:
+    """A seeded model whose weights are spread wide enough to give names of every length."""
+    n_layer, n_embd, n_hidden, norm, scale = MODELS[name]
+    torch.manual_seed(sum(map(ord, name)))
+    model = GRULanguageModel(28, n_layer, n_embd, n_hidden, layer_norm=norm)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(scale)
+        model.head.bias[1] += 1.5  # the end token: names of every length, so rows leave the batch at every step
+    return model
+
+
+def sampled(model_name: str, case: str) -> dict:
+    ids, logprob = sample_ids(model_for(model_name), 600, generator=torch.Generator().manual_seed(7),
+                              **CASES[case])
+    return {"names": ["".join(chr(ord("a") + i - 2) for i in row) for row in ids],  # ids 2..27 as a..z
+            "logprob": [round(lp, 5) for lp in logprob.tolist()]}
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("model_name", MODELS)
+def test_a_seed_samples_the_recorded_names(model_name, case):
+    recorded = json.loads(FIXTURE.read_text())["samples"][f"{model_name}/{case}"]
+    got = sampled(model_name, case)
+    assert got["names"] == recorded["names"]
+    assert got["logprob"] == pytest.approx(recorded["logprob"], rel=1e-5, abs=2e-5)
+
+
+def _record() -> None:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    samples = {f"{m}/{c}": sampled(m, c) for m in MODELS for c in CASES}
+    FIXTURE.write_text(json.dumps({"recorded_at": commit, "samples": samples}) + "\n")
+    print(f"wrote {FIXTURE}")
+
+
+if __name__ == "__main__":
+    sys.exit(_record())
