@@ -19,7 +19,6 @@ from namegen.checkpoint import atomic_torch_save
 from namegen.data import AS_IS, IGNORE, Vocab, shown
 from namegen.loggers import find_wandb_logger
 from namegen.sampling import sample_ids
-from torch.optim.swa_utils import get_ema_avg_fn
 
 
 class RunClock(pl.Callback):
@@ -205,6 +204,20 @@ class ModelArtifact(pl.Callback):
         run.log_artifact(artifact, aliases=["best", "latest"])
 
 
+def ema_update(decay: float):
+    """The update ``get_ema_avg_fn(decay)`` makes, ``decay * average + (1 - decay) * weight``, for all tensors
+    in three ``torch._foreach`` calls instead of four ops per tensor: the same roundings in the same order,
+    so the same bits (torch's own ``get_ema_multi_avg_fn`` is a ``lerp``, which rounds differently)."""
+
+    @torch.no_grad()
+    def update(averages: list[torch.Tensor], weights: list[torch.Tensor], _n_averaged) -> None:
+        new = torch._foreach_mul(weights, 1 - decay)
+        torch._foreach_mul_(averages, decay)
+        torch._foreach_add_(averages, new)
+
+    return update
+
+
 def horizon_decay(decay: float, steps: int, max_fraction: float = 0.25) -> float:
     """The decay an average of ``steps`` optimizer steps uses: ``decay``, or less, so that the average
     spans (``1 / (1 - d)`` steps) at most ``max_fraction`` of them."""
@@ -225,7 +238,7 @@ class RunLengthEMA(EMAWeightAveraging):
     def __init__(self, decay: float, steps: int, max_fraction: float = 0.25):
         super().__init__(decay=decay)
         self.decay, self.steps, self.max_fraction = decay, steps, max_fraction
-        self.decay_used = decay
+        self._use(decay)
 
     @property
     def state_key(self) -> str:
@@ -247,9 +260,10 @@ class RunLengthEMA(EMAWeightAveraging):
 
     def _use(self, decay: float) -> None:
         self.decay_used = decay
-        self._kwargs["avg_fn"] = get_ema_avg_fn(decay=decay)
+        self._kwargs.pop("avg_fn", None)
+        self._kwargs["multi_avg_fn"] = ema_update(decay)
         if self._average_model is not None:
-            self._average_model.avg_fn = self._kwargs["avg_fn"]
+            self._average_model.avg_fn, self._average_model.multi_avg_fn = None, self._kwargs["multi_avg_fn"]
 
     def note(self) -> str | None:
         """One line when the decay was lowered, or None."""

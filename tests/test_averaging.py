@@ -87,3 +87,43 @@ def test_a_resumed_run_keeps_the_decay_it_started_with(names_file, tmp_path):
 def test_ema_decay_outside_0_to_1_is_refused(value):
     with pytest.raises(UserError, match="ema_decay must be in"):
         load_config("small").replace(ema_decay=value)
+
+
+def test_the_foreach_average_update_is_torchs_per_tensor_update_bit_for_bit():
+    """RunLengthEMA's update (three foreach calls) gives the bits of get_ema_avg_fn, tensor by tensor."""
+    from torch.optim.swa_utils import get_ema_avg_fn
+
+    from namegen.callbacks import ema_update
+
+    gen = torch.Generator().manual_seed(0)
+    averages = [torch.randn(shape, generator=gen) for shape in ((384, 64), (384,), (128, 128), (28,))]
+    weights = [torch.randn(a.shape, generator=gen) for a in averages]
+    for decay in (0.999, 0.9995, 0.96):
+        expected = [get_ema_avg_fn(decay)(a, w, 1) for a, w in zip(averages, weights)]
+        got = [a.clone() for a in averages]
+        ema_update(decay)(got, weights, 1)
+        assert all(torch.equal(g, e) for g, e in zip(got, expected)), decay
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adam"])
+def test_the_optimizer_takes_foreach_steps_that_equal_the_loop_bit_for_bit(optimizer):
+    """configure_optimizers' foreach AdamW/Adam leaves the weights the per-tensor loop leaves."""
+    from namegen.data import Vocab
+    from namegen.module import NameGenModule
+
+    config = load_config("medium").replace(optimizer=optimizer, lr_schedule="constant")
+    modules = [NameGenModule(config, Vocab.from_names(["abc"]).chars) for _ in range(2)]
+    modules[1].load_state_dict(modules[0].state_dict())
+    fast, slow = (m.configure_optimizers() for m in modules)
+    assert all(group["foreach"] is True for group in fast.param_groups)
+    for group in slow.param_groups:  # the same groups, stepped by torch's per-tensor loop
+        group["foreach"] = False
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        for p, q in zip(modules[0].parameters(), modules[1].parameters()):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        fast.step()
+        slow.step()
+    assert all(torch.equal(p, q) for p, q in zip(modules[0].parameters(), modules[1].parameters()))
+
