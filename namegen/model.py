@@ -125,7 +125,7 @@ def _mm(a: torch.Tensor, b: torch.Tensor, low: torch.dtype | None) -> torch.Tens
     return torch.mm(a, b) if low is None else torch.mm(a.to(low), b).to(a.dtype)
 
 
-def _layer_forward(gates_in, h0, w_rz, w_h, mask, batch_sizes, low=None, hmask=None):
+def _layer_forward(gates_in, h0, w_rz, w_h, mask, batch_sizes, low=None, hmask=None, own_gates=False):
     """One layer over all steps. Returns out (N, H), gates (N, 3H) = [r | z | ñ], q (N, H).
 
     gates_in: (N, 3H) every step's input terms [reset | update | candidate], gate biases
@@ -134,10 +134,11 @@ def _layer_forward(gates_in, h0, w_rz, w_h, mask, batch_sizes, low=None, hmask=N
     probability), or None; hmask: (B, H) variational mask, one per name for all its steps,
     on the state where it enters the hidden matmuls (the carried state keeps every unit), or
     None; batch_sizes[t]: rows of step t. out's rows are the (dropped) states the next step
-    sees; q (r * h_prev, W_h's input, masked by hmask) is kept in the matmul dtype.
+    sees; q (r * h_prev, W_h's input, masked by hmask) is kept in the matmul dtype. ``own_gates``:
+    gates_in is the caller's to overwrite (sampling), so it is not copied when already in h0's dtype.
     """
     H = h0.shape[-1]
-    gates = gates_in.to(h0.dtype, copy=True)  # (N, 3H): each step adds its hidden terms here in place
+    gates = gates_in.to(h0.dtype, copy=not own_gates)  # (N, 3H): each step adds its hidden terms here in place
     out = gates.new_empty(gates.shape[0], H)
     q_all = gates.new_empty(gates.shape[0], H, dtype=low or gates.dtype)  # r * h_prev, for W_h's weight gradient
     w_rz_t, w_h_t = w_rz.t(), w_h.t()

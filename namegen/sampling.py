@@ -8,9 +8,10 @@ have ended leave the batch, so later steps only run the names still going.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from namegen.data import END, PAD
-from namegen.model import GRULanguageModel
+from namegen.model import GRULanguageModel, _autocast_dtype, _layer_forward
 
 
 @torch.no_grad()
@@ -38,31 +39,33 @@ def sample_ids(
     prefix_ids = list(prefix_ids or [])
     was_training = model.training
     model.eval()
-    h = model.init_hidden(n, device)
-    token = torch.full((n, 1), start_token, dtype=torch.long, device=device)  # (m, 1), m = names still going
+    step = _Steps(model)
+    h = list(model.init_hidden(n, device))  # n_layer x (m, H), m = names still going
+    token = torch.full((n,), start_token, dtype=torch.long, device=device)  # (m,)
     rows = torch.arange(n, device=device)  # (m,): which of the n names each live row is
     logprob = torch.zeros(n, device=device)
     out = torch.zeros(n, max_len, dtype=torch.long, device=device)  # (n, max_len) character ids
     length = torch.zeros(n, dtype=torch.long, device=device)
 
     for t in range(max_len + 1):
-        logits, h = model(token, h)  # logits: (m, 1, V), h: (n_layer, m, H)
-        logp = torch.log_softmax(logits[:, -1].float(), dim=-1)  # (m, V)
+        logits, h = step(token, h)  # logits: (m, V), h: n_layer x (m, H)
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (m, V)
         m = rows.numel()
         if t < len(prefix_ids):  # forced: condition the state on the prefix
             nxt = torch.full((m,), prefix_ids[t], dtype=torch.long, device=device)
         else:
-            nxt = _draw(logits[:, -1], t, max_len, min_len, temperature, top_k, generator)  # (m,)
+            nxt = _draw(logits, t, max_len, min_len, temperature, top_k, generator)  # (m,)
         logprob.index_add_(0, rows, logp.gather(1, nxt[:, None]).squeeze(1))
         going = nxt != END  # (m,)
         if t < max_len:
             out[rows, t] = torch.where(going, nxt, 0)
         length.index_add_(0, rows, going.long())
         if not going.all():  # finished names leave the batch: later steps run only the rest
-            rows, h, nxt = rows[going], h[:, going], nxt[going]
+            keep = going.nonzero().squeeze(1)  # (m',)
+            rows, nxt, h = rows[keep], nxt[keep], [h_l[keep] for h_l in h]
             if rows.numel() == 0:
                 break
-        token = nxt[:, None]
+        token = nxt
 
     model.train(was_training)
     lengths = length.tolist()
@@ -70,10 +73,43 @@ def sample_ids(
     return [row[:L] for row, L in zip(rows, lengths)], logprob.cpu()
 
 
+class _Steps:
+    """One step of ``model`` for every live name: ``model(token[:, None], h)``'s arithmetic, op for op, with
+    the per-step work that does not depend on the step done once per call: the layers' weights
+    concatenated (and cast under autocast), and layer 0's projected embedding table. A compiled
+    model (``sample --compile``) is called as it is."""
+
+    def __init__(self, model: GRULanguageModel):
+        self.model = model
+        self.compiled = getattr(model, "_compiled_call_impl", None) is not None
+        if self.compiled:
+            return
+        device_type = model.head.weight.device.type
+        self.low = _autocast_dtype(device_type)  # autocast's matmul dtype, as gru_layer reads it
+        first = model.layers[0]
+        with torch.autocast(device_type, enabled=False):  # as GRULanguageModel._input_gates
+            self.table = F.linear(model.embedding.weight, *first.input_weights())  # (V, 3H): layer 0's input terms
+        self.inputs = [layer.input_weights() for layer in model.layers[1:]]  # (3H, H), (3H,) each
+        self.hidden = [tuple(w if self.low is None else w.to(self.low) for w in layer.hidden_weights())
+                       for layer in model.layers]  # (2H, H), (H, H) each
+
+    def __call__(self, token: torch.Tensor, h: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """token: (m,), h: n_layer x (m, H) -> logits (m, V), the new h."""
+        if self.compiled:
+            logits, h_new = self.model(token[:, None], torch.stack(h))
+            return logits[:, -1], list(h_new)
+        m, x, h_new = token.shape[0], None, []
+        for i, (h_l, (w_rz, w_h)) in enumerate(zip(h, self.hidden)):
+            gates = F.embedding(token, self.table) if i == 0 else F.linear(x, *self.inputs[i - 1])  # (m, 3H)
+            x = _layer_forward(gates, h_l, w_rz, w_h, None, [m], self.low, own_gates=True)[0]  # (m, H)
+            h_new.append(x)
+        return self.model.head(self.model.norm(x)), h_new  # (m, V)
+
+
 def _draw(logits: torch.Tensor, t: int, max_len: int, min_len: int, temperature: float, top_k: int | None,
           generator: torch.Generator | None) -> torch.Tensor:
     """The next character of each live name at step ``t``. logits: (m, V) -> (m,) token ids."""
-    scores = logits.float() / temperature  # (m, V)
+    scores = logits.float() / temperature if temperature != 1 else logits.float()  # (m, V); x / 1 is x
     scores[:, PAD] = float("-inf")  # padding is never sampled
     if t < min_len:
         scores[:, END] = float("-inf")  # too short to end
@@ -83,5 +119,8 @@ def _draw(logits: torch.Tensor, t: int, max_len: int, min_len: int, temperature:
     if top_k is not None and top_k < scores.shape[-1]:
         kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]  # (m, 1)
         scores = scores.masked_fill(scores < kth, float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    probs = torch.softmax(scores, dim=-1)  # (m, V)
+    # torch.multinomial(probs, 1)'s own draw (argmax of p / q, q ~ Exp(1): the same random numbers, the
+    # same names), without its checks of probs, which cost a pass over them and a sync per step
+    q = torch.empty_like(probs).exponential_(generator=generator)  # (m, V)
+    return torch.div(probs, q, out=q).argmax(dim=-1)  # (m,)
