@@ -157,7 +157,7 @@ class NameGenerator:
             names = [shown(self.vocab.decode(row), self.case) for row in ids]
             if typed != prefix:  # names start with the prefix as it was typed
                 names = [typed + name[len(typed):] for name in names]
-            return list(zip(names, map(float, logprob)))
+            return list(zip(names, logprob.tolist()))
 
         if not unique and exclude is None:
             out: list[tuple[str, float]] = []

@@ -23,6 +23,7 @@ one, never a partial file. ``remove_stale_temporaries`` clears what a kill left.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -434,10 +435,23 @@ def _dim(shape: dict, key: str, axis: int, add: int = 0) -> int | None:
     return dims[axis] + add if len(dims) == 2 else None
 
 
+@contextlib.contextmanager
+def _initialisers_off():
+    """Modules built inside skip ``nn.init.normal_`` (the embedding's), for a model built on the meta device
+    only for its shapes: on meta tensors it runs torch's reference implementation, whose first call imports
+    torch's compiler, a second of every ``sample``'s start-up."""
+    normal = torch.nn.init.normal_
+    torch.nn.init.normal_ = lambda tensor, *args, **kwargs: tensor
+    try:
+        yield
+    finally:
+        torch.nn.init.normal_ = normal
+
+
 def _check_shapes(shape: dict, config: Config, vocab_size: int, path: Path, about: str) -> None:
     """The tensors' shapes are exactly those of the model the config makes (built on the meta device:
     no memory; its size is now bounded by the tensors the numbers were checked against)."""
-    with torch.device("meta"):
+    with torch.device("meta"), _initialisers_off():
         expected = {k: tuple(v.shape) for k, v in GRULanguageModel.from_config(config, vocab_size).state_dict().items()}
     for key in sorted(set(expected) | set(shape)):
         if shape.get(key) != expected.get(key):
