@@ -1,0 +1,130 @@
+"""The matmul floor of one training epoch: only the matrix products a size's training epoch computes,
+on the same batches, in the given dtype, with nothing else (no elementwise work, no optimizer, no loop).
+
+    python bench/matmul_floor.py --size large                  # bf16, the whole epoch of names.txt
+    python bench/matmul_floor.py --size small --dtype float32 --limit-batches 20
+
+Each batch is namegen's own (the data module of `namegen train --model SIZE`: its batch size, its
+shuffled order, names sorted longest first, no compute on padding), and its products are those of
+``namegen.model`` at that batch, with the shapes of the packed layout (step t runs the names still
+inside their name):
+
+- forward: each layer's input map (layer 0: the V-row embedding table), each step's two hidden
+  products (W_rz h and W_h (r * h)), the head;
+- backward: the head's two, each step's two, the hidden weights' two over all rows, and each layer's
+  input map's two (layer 0: the table's).
+
+Outputs are preallocated and written with ``out=``. Prints one JSON line: epoch_s (perf_counter
+around the epoch's products), batches, gemms, gflop, dtype, threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from namegen.config import load_config  # noqa: E402
+from namegen.data import IGNORE  # noqa: E402
+from namegen.datamodule import NamesDataModule  # noqa: E402
+from namegen.model import Packing  # noqa: E402
+
+
+def batch_sizes_of_epoch(size: str, data: Path) -> tuple[list[list[int]], int]:
+    """Each training batch's packed step sizes, in namegen's order for the config's seed; and V."""
+    config = load_config(size)
+    torch.manual_seed(config.seed)  # the shuffle of the first epoch, as `namegen train` seeds it
+    dm = NamesDataModule(data, batch_size=config.batch_size, seed=config.seed, block_size=config.block_size,
+                         split_seed=config.data_seed)
+    dm.setup("fit")
+    sizes = []
+    for _, y in dm.train_dataloader():
+        lengths = (y != IGNORE).sum(1)
+        sizes.append(Packing(lengths, y.shape[1]).batch_sizes)
+    return sizes, len(dm.vocab)
+
+
+class Products:
+    """Preallocated operands for one size's products, in ``dtype``; ``step(sizes)`` runs one batch's."""
+
+    def __init__(self, config, vocab_size: int, batch: int, dtype: torch.dtype):
+        E, H, V, L = config.n_embd, config.n_hidden, vocab_size, config.n_layer
+        n_max = batch * (config.block_size + 8)  # rows of the largest packed batch (names up to block + 8)
+        self.H, self.V, self.E, self.L = H, V, E, L
+        self.gemms = 0
+        self.flop = 0
+
+        def t(*shape):
+            return torch.randn(*shape).to(dtype)
+
+        self.table_in, self.w_in0 = t(V, E), t(3 * H, E)
+        self.w_in, self.w_rz, self.w_h, self.head = t(3 * H, H), t(2 * H, H), t(H, H), t(V, H)
+        self.x, self.gates, self.logits = t(n_max, H), t(n_max, 3 * H), t(n_max, V)
+        self.out_h, self.out_h2, self.out_2h = t(batch, H), t(batch, H), t(batch, 2 * H)
+        self.table = t(V, 3 * H)
+        self.dw_in, self.dw_rz, self.dw_h, self.dhead, self.dw0 = t(3 * H, H), t(2 * H, H), t(H, H), t(V, H), t(3 * H, E)
+
+    def _mm(self, a, b, out):
+        torch.mm(a, b, out=out)
+        self.gemms += 1
+        self.flop += 2 * a.shape[0] * a.shape[1] * b.shape[1]
+
+    def step(self, sizes: list[int]) -> None:
+        N, H = sum(sizes), self.H
+        x, g, lg = self.x[:N], self.gates[:N], self.logits[:N]
+        for layer in range(self.L):  # forward
+            if layer == 0:
+                self._mm(self.table_in, self.w_in0.t(), self.table)  # (V, 3H): the projected embedding table
+            else:
+                self._mm(x, self.w_in.t(), g)  # (N, 3H): the input map over all rows
+            for n in sizes:
+                self._mm(x[:n], self.w_rz.t(), self.out_2h[:n])  # (n, 2H): W_rz h
+                self._mm(x[:n], self.w_h.t(), self.out_h[:n])  # (n, H): W_h (r * h)
+        self._mm(x, self.head.t(), lg)  # (N, V)
+        self._mm(lg, self.head, x)  # backward: (N, H) the head's input grad
+        self._mm(lg.t(), x, self.dhead)  # (V, H) the head's weight grad
+        for layer in reversed(range(self.L)):
+            for n in reversed(sizes):
+                self._mm(self.out_h[:n], self.w_h, self.out_h2[:n])  # (n, H): dq
+                self._mm(self.out_2h[:n], self.w_rz, self.out_h[:n])  # (n, H): through both gates
+            self._mm(g[:, : 2 * H].t(), x, self.dw_rz)  # (2H, H) over all rows
+            self._mm(g[:, 2 * H :].t(), x, self.dw_h)  # (H, H)
+            if layer == 0:
+                self._mm(self.table.t(), self.table_in, self.dw0)  # (3H, E): the table's weight grad
+            else:
+                self._mm(g, self.w_in, x)  # (N, H): the input map's input grad
+                self._mm(g.t(), x, self.dw_in)  # (3H, H)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", default="large")
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    p.add_argument("--data", default=str(ROOT / "namegen" / "assets" / "names.txt"))
+    p.add_argument("--limit-batches", type=int, default=None)
+    args = p.parse_args(argv)
+    sizes, vocab_size = batch_sizes_of_epoch(args.size, Path(args.data))
+    sizes = sizes[: args.limit_batches] if args.limit_batches else sizes
+    config = load_config(args.size)
+    products = Products(config, vocab_size, config.batch_size, getattr(torch, args.dtype))
+    for s in sizes[:3]:  # warm-up
+        products.step(s)
+    products.gemms = products.flop = 0
+    t0 = time.perf_counter()
+    for s in sizes:
+        products.step(s)
+    epoch_s = time.perf_counter() - t0
+    print(json.dumps({"epoch_s": epoch_s, "batches": len(sizes), "gemms": products.gemms,
+                      "gflop": products.flop / 1e9, "dtype": args.dtype, "threads": torch.get_num_threads()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
