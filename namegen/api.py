@@ -16,7 +16,7 @@ from namegen.data import IGNORE, TITLE, encode_names, find_training_file, read_n
 from namegen.errors import DeviceUnavailable, UserError
 from namegen.model import char_nll
 from namegen.notebook import from_notebook, is_notebook_checkpoint
-from namegen.sampling import sample_ids
+from namegen.sampling import Noise, sample_rows
 
 
 def check_device(device: str | torch.device, about: str = "device") -> torch.device:
@@ -140,9 +140,10 @@ class NameGenerator:
         self._check(n, temperature, top_k, prefix, max_len, min_len)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(seed if seed is not None else int(torch.seed() % (2**63)))
+        noise = Noise(generator, self.device, ahead=True)  # the generator serves these draws only
 
         def draw(k: int) -> list[tuple[str, float]]:
-            ids, logprob = sample_ids(
+            ids, _, logprob = sample_rows(
                 self.model,
                 k,
                 max_len=max_len,
@@ -151,20 +152,23 @@ class NameGenerator:
                 top_k=top_k,
                 prefix_ids=self.vocab.encode(prefix),
                 start_token=self.start_token,
-                generator=generator,
                 device=self.device,
+                noise=noise,
             )
-            names = [shown(self.vocab.decode(row), self.case) for row in ids]
+            names = [shown(name, self.case) for name in self.vocab.decode_rows(ids)]
             if typed != prefix:  # names start with the prefix as it was typed
                 names = [typed + name[len(typed):] for name in names]
             return list(zip(names, logprob.tolist()))
 
-        if not unique and exclude is None:
-            out: list[tuple[str, float]] = []
-            for start in range(0, n, batch_size):
-                out.extend(draw(min(batch_size, n - start)))
-            return out
-        return _draw_filtered(draw, n, unique, exclude or set(), max_draws, batch_size)
+        try:
+            if not unique and exclude is None:
+                out: list[tuple[str, float]] = []
+                for start in range(0, n, batch_size):
+                    out.extend(draw(min(batch_size, n - start)))
+                return out
+            return _draw_filtered(draw, n, unique, exclude or set(), max_draws, batch_size)
+        finally:
+            noise.close()
 
     def training_names(self, data: str | Path | None = None) -> set[str]:
         """The names of the training file, to pass as ``exclude=``: ``data`` if given (any file),

@@ -189,6 +189,15 @@ class Vocab:
     def decode(self, ids) -> str:
         return "".join(self.itos.get(int(i), "") for i in ids)
 
+    def decode_rows(self, ids: torch.Tensor) -> list[str]:
+        """``decode`` of every row of ids (n, L), padding (0) after each name: one pass over all of them."""
+        if len(self) > 256:
+            return [self.decode(row) for row in ids.tolist()]
+        width = ids.shape[1]
+        text = ids.to(torch.uint8).numpy().tobytes().decode("latin-1")  # one character per id
+        table = {i: self.itos.get(i) for i in range(len(self))}  # ids to characters; padding and '.' to nothing
+        return [text[i : i + width].translate(table) for i in range(0, len(text), width)]
+
     def unknown_chars(self, text: str) -> list[str]:
         return sorted(set(text) - set(self.stoi))
 

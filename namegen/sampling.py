@@ -7,6 +7,9 @@ have ended leave the batch, so later steps only run the names still going.
 
 from __future__ import annotations
 
+import math
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 import torch.nn.functional as F
 
@@ -14,8 +17,16 @@ from namegen.data import END, PAD
 from namegen.model import GRULanguageModel, _autocast_dtype, _layer_forward
 
 
+def sample_ids(model: GRULanguageModel, n: int, **kwargs) -> tuple[list[list[int]], torch.Tensor]:
+    """Sample ``n`` names as lists of character ids (end token stripped), and each name's log-probability
+    under the model (prefix characters included, temperature 1) as an ``(n,)`` tensor. Keywords as
+    ``sample_rows``."""
+    out, length, logprob = sample_rows(model, n, **kwargs)
+    return [row[:L] for row, L in zip(out.tolist(), length.tolist())], logprob
+
+
 @torch.no_grad()
-def sample_ids(
+def sample_rows(
     model: GRULanguageModel,
     n: int,
     *,
@@ -27,16 +38,17 @@ def sample_ids(
     start_token: int = END,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
-) -> tuple[list[list[int]], torch.Tensor]:
-    """Sample ``n`` names as lists of character ids (end token stripped).
+    noise: Noise | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample ``n`` names: (ids (n, max_len), 0 after each name's end; lengths (n,); log-probabilities (n,)).
 
-    Returns the id lists and each name's log-probability under the model
-    (prefix characters included, temperature 1) as an ``(n,)`` tensor.
     ``min_len``/``max_len`` count characters, prefix included: the end token is
     masked out until ``min_len`` is reached, and a name that reaches
-    ``max_len`` stops there. Padding is never sampled.
+    ``max_len`` stops there. Padding is never sampled. The draws' randomness comes
+    from ``noise`` when given (several calls share its stream), else from ``generator``.
     """
     prefix_ids = list(prefix_ids or [])
+    noise = noise if noise is not None else Noise(generator, device)
     was_training = model.training
     model.eval()
     step = _Steps(model)
@@ -54,7 +66,7 @@ def sample_ids(
         if t < len(prefix_ids):  # forced: condition the state on the prefix
             nxt = torch.full((m,), prefix_ids[t], dtype=torch.long, device=device)
         else:
-            nxt = _draw(logits, t, max_len, min_len, temperature, top_k, generator)  # (m,)
+            nxt = _draw(logits, t, max_len, min_len, temperature, top_k, noise)  # (m,)
         logprob.index_add_(0, rows, logp.gather(1, nxt[:, None]).squeeze(1))
         going = nxt != END  # (m,)
         if t < max_len:
@@ -68,9 +80,47 @@ def sample_ids(
         token = nxt
 
     model.train(was_training)
-    lengths = length.tolist()
-    rows = out.tolist()
-    return [row[:L] for row, L in zip(rows, lengths)], logprob.cpu()
+    return out.cpu(), length.cpu(), logprob.cpu()
+
+
+class Noise:
+    """The Exp(1) numbers the draws use (see ``_draw``), from ``generator``, in the order torch makes them:
+    serially, one per element, so one long tensor holds the numbers of many draws in sequence.
+
+    ``ahead=True`` (CPU, with a generator of its own) makes them on a second thread, a block ahead, while
+    the model steps: the same numbers, ready sooner. The generator then runs up to a block ahead of what
+    the draws used, so give it one that serves nothing else, and ``close()`` the noise after use.
+    """
+
+    BLOCK = 1 << 20  # numbers made at a time ahead: a few steps of 8,192 names
+
+    def __init__(self, generator: torch.Generator | None, device: torch.device | str = "cpu", ahead: bool = False):
+        self.generator, self.device = generator, torch.device(device)
+        self.ahead = ahead and generator is not None and self.device.type == "cpu"
+        self._buf, self._pos = torch.empty(0), 0
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="namegen-noise") if self.ahead else None
+        self._next = self._pool.submit(self._block) if self._pool else None
+
+    def _block(self) -> torch.Tensor:
+        return torch.empty(self.BLOCK).exponential_(generator=self.generator)
+
+    def exponential(self, shape: tuple[int, int]) -> torch.Tensor:
+        """Fresh Exp(1) numbers of ``shape`` (float32), the next ones of the stream."""
+        if not self.ahead:
+            return torch.empty(shape, device=self.device).exponential_(generator=self.generator)
+        k = math.prod(shape)
+        while self._buf.numel() - self._pos < k:
+            block, self._next = self._next.result(), None
+            self._next = self._pool.submit(self._block)
+            self._buf, self._pos = torch.cat([self._buf[self._pos :], block]), 0
+        out = self._buf[self._pos : self._pos + k].view(shape)
+        self._pos += k
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 class _Steps:
@@ -107,7 +157,7 @@ class _Steps:
 
 
 def _draw(logits: torch.Tensor, t: int, max_len: int, min_len: int, temperature: float, top_k: int | None,
-          generator: torch.Generator | None) -> torch.Tensor:
+          noise: Noise) -> torch.Tensor:
     """The next character of each live name at step ``t``. logits: (m, V) -> (m,) token ids."""
     scores = logits.float() / temperature if temperature != 1 else logits.float()  # (m, V); x / 1 is x
     scores[:, PAD] = float("-inf")  # padding is never sampled
@@ -122,5 +172,5 @@ def _draw(logits: torch.Tensor, t: int, max_len: int, min_len: int, temperature:
     probs = torch.softmax(scores, dim=-1)  # (m, V)
     # torch.multinomial(probs, 1)'s own draw (argmax of p / q, q ~ Exp(1): the same random numbers, the
     # same names), without its checks of probs, which cost a pass over them and a sync per step
-    q = torch.empty_like(probs).exponential_(generator=generator)  # (m, V)
+    q = noise.exponential(probs.shape)  # (m, V)
     return torch.div(probs, q, out=q).argmax(dim=-1)  # (m,)

@@ -70,3 +70,35 @@ def _record() -> None:
 
 if __name__ == "__main__":
     sys.exit(_record())
+
+
+def _generator_for(model_name: str, vocab_chars: str = "abcdefghijklmnopqrstuvwxyz"):
+    from namegen.api import NameGenerator
+    from namegen.checkpoint import LoadedModel
+    from namegen.config import load_config
+    from namegen.data import Vocab
+
+    loaded = LoadedModel(model=model_for(model_name).eval(), vocab=Vocab(list(vocab_chars)),
+                         config=load_config("small"), meta={})  # block_size 12
+    return NameGenerator(loaded)
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+def test_the_api_draws_ahead_the_names_sample_ids_draws(model_name):
+    """NameGenerator makes its random numbers on a second thread, blocks ahead, over several batches:
+    the names and log-probabilities are those of sample_ids stepping one generator through the same batches."""
+    gen = _generator_for(model_name)
+    got = gen.sample_with_logprob(2500, seed=11, temperature=0.9, batch_size=1000)
+    generator, expected = torch.Generator().manual_seed(11), []
+    for k in (1000, 1000, 500):
+        ids, logprob = sample_ids(gen.model, k, max_len=12, temperature=0.9, generator=generator)
+        expected += list(zip((gen.vocab.decode(row) for row in ids), logprob.tolist()))
+    assert got == expected
+
+
+def test_decode_rows_is_decode_of_each_row():
+    from namegen.data import Vocab
+
+    vocab = Vocab(list("abcçdéжz"))
+    ids = torch.tensor([[2, 3, 4, 0, 0], [9, 8, 7, 6, 5], [1, 0, 0, 0, 0], [6, 2, 1, 0, 0]])
+    assert vocab.decode_rows(ids) == [vocab.decode(row) for row in ids.tolist()] == ["abc", "zжédç", "", "da"]
