@@ -331,6 +331,32 @@ def make_model(size, device):
     raise ValueError(f"unknown size {size!r}")
 
 
+# ---------------------------------------------------------------------------- cell 11: validation loss
+
+
+def evaluate_validation_loss(model, val_loader, loss_fn, device):
+    model.eval()     # IMPORTANT: evaluation mode
+    total_loss = 0.0
+    batches = 0
+
+    with torch.no_grad():
+        for xb, yb in val_loader:
+            xb, yb = xb.to(device), yb.to(device)
+
+            logits = model(xb)
+
+            loss = loss_fn(
+                logits.reshape(-1, logits.size(-1)),
+                yb.reshape(-1)
+            )
+
+            total_loss += loss.item()
+            batches += 1
+
+    model.train()   # switch back to training mode
+    return total_loss / batches
+
+
 # ---------------------------------------------------------------------------- cell 12: one epoch of train_model
 
 
