@@ -27,10 +27,10 @@ EPOCHS, BATCHES, VAL_BATCHES = 2, 12, 4
 KEYS = ("train/loss_step", "train/loss", "val/loss")
 
 
-def first_epochs(size: str, out: Path) -> dict[str, list[float]]:
+def first_epochs(size: str, out: Path, precision: str | None = None) -> dict[str, list[float]]:
     """The losses of a short run of the shipped config, in the order metrics.csv logged them."""
     train(TrainOptions(model=size, max_epochs=EPOCHS, limit_train_batches=BATCHES, limit_val_batches=VAL_BATCHES,
-                       out=out, logger="csv"))
+                       out=out, logger="csv", precision=precision))
     losses: dict[str, list[float]] = {key: [] for key in KEYS}
     with open(out / "metrics.csv", newline="") as f:
         for row in csv.DictReader(f):
@@ -43,8 +43,10 @@ def first_epochs(size: str, out: Path) -> dict[str, list[float]]:
 @pytest.mark.parametrize("size", SIZES)
 def test_first_epochs_give_the_recorded_losses(size, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    recorded = json.loads(FIXTURE.read_text())["sizes"][size]
-    got = first_epochs(size, tmp_path / size)
+    fixture = json.loads(FIXTURE.read_text())
+    recorded = fixture["sizes"][size]
+    # the precision the losses were recorded in (each size's default there), whatever this CPU's default is
+    got = first_epochs(size, tmp_path / size, precision=fixture["precision"][size])
     assert {k: len(v) for k, v in got.items()} == {k: len(v) for k, v in recorded.items()}
     for key in KEYS:
         # float32 and bf16 (medium, large) runs: reduction order may differ, results may not
@@ -56,12 +58,15 @@ def _record() -> None:
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip()
-    sizes = {}
+    from namegen.config import load_config
+    from namegen.training import default_precision
+
+    sizes, precision = {}, {size: default_precision("cpu", load_config(size))[0] for size in SIZES}
     with tempfile.TemporaryDirectory() as tmp:
         for size in SIZES:
-            sizes[size] = first_epochs(size, Path(tmp) / size)
+            sizes[size] = first_epochs(size, Path(tmp) / size, precision=precision[size])
     FIXTURE.write_text(json.dumps({"recorded_at": commit, "epochs": EPOCHS, "batches": BATCHES,
-                                   "val_batches": VAL_BATCHES, "sizes": sizes}, indent=1) + "\n")
+                                   "val_batches": VAL_BATCHES, "sizes": sizes, "precision": precision}, indent=1) + "\n")
     print(f"wrote {FIXTURE}")
 
 
