@@ -159,7 +159,9 @@ class _Steps:
 def _draw(logits: torch.Tensor, t: int, max_len: int, min_len: int, temperature: float, top_k: int | None,
           noise: Noise) -> torch.Tensor:
     """The next character of each live name at step ``t``. logits: (m, V) -> (m,) token ids."""
-    scores = logits.float() / temperature if temperature != 1 else logits.float()  # (m, V); x / 1 is x
+    # (m, V); x / 1 is x, so at temperature 1 no copy is made and scores may be logits itself: the caller
+    # has taken what it needs from logits (its log-probabilities) before the draw, which overwrites them
+    scores = logits.float() / temperature if temperature != 1 else logits.float()
     scores[:, PAD] = float("-inf")  # padding is never sampled
     if t < min_len:
         scores[:, END] = float("-inf")  # too short to end
