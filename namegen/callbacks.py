@@ -12,6 +12,7 @@ import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 import wandb
 
@@ -204,20 +205,6 @@ class ModelArtifact(pl.Callback):
         run.log_artifact(artifact, aliases=["best", "latest"])
 
 
-def ema_update(decay: float):
-    """The update ``get_ema_avg_fn(decay)`` makes, ``decay * average + (1 - decay) * weight``, for all tensors
-    in three ``torch._foreach`` calls instead of four ops per tensor: the same roundings in the same order,
-    so the same bits (torch's own ``get_ema_multi_avg_fn`` is a ``lerp``, which rounds differently)."""
-
-    @torch.no_grad()
-    def update(averages: list[torch.Tensor], weights: list[torch.Tensor], _n_averaged) -> None:
-        new = torch._foreach_mul(weights, 1 - decay)
-        torch._foreach_mul_(averages, decay)
-        torch._foreach_add_(averages, new)
-
-    return update
-
-
 def horizon_decay(decay: float, steps: int, max_fraction: float = 0.25) -> float:
     """The decay an average of ``steps`` optimizer steps uses: ``decay``, or less, so that the average
     spans (``1 / (1 - d)`` steps) at most ``max_fraction`` of them."""
@@ -261,7 +248,8 @@ class RunLengthEMA(EMAWeightAveraging):
     def _use(self, decay: float) -> None:
         self.decay_used = decay
         self._kwargs.pop("avg_fn", None)
-        self._kwargs["multi_avg_fn"] = ema_update(decay)
+        # torch's multi-tensor EMA: one foreach lerp, average + (1 - decay) (weight - average)
+        self._kwargs["multi_avg_fn"] = get_ema_multi_avg_fn(decay)
         if self._average_model is not None:
             self._average_model.avg_fn, self._average_model.multi_avg_fn = None, self._kwargs["multi_avg_fn"]
 

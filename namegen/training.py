@@ -124,9 +124,11 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` 
 warnings.filterwarnings("ignore", message=r".*does not have many workers")
 
 
-#: below this hidden width a CPU's bf16 matmuls do not pay off: each costs a fixed ~13 us whatever its
-#: size, and small's (128 x 384) ones are too small to win that back (measured on AVX512-BF16)
-CPU_BF16_MIN_HIDDEN = 256
+#: below this hidden width a CPU's bf16 mixed precision does not pay off: each bf16 matmul costs a fixed
+#: ~13 us whatever its size, plus a cast of its input. Measured on AVX512-BF16 (2026-12-07, whole training
+#: steps): medium (256) 34-40 ms a step in float32 against 43-57 in bf16-mixed; large (512) 111-115 in
+#: bf16-mixed against 120-127 in float32
+CPU_BF16_MIN_HIDDEN = 512
 
 
 def default_precision(accelerator: str, config: Config) -> tuple[str, str]:
