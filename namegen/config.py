@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -220,3 +221,12 @@ def read_yaml(path: Path, about: str | None = "model"):
         raise UserError(f"{path}: its YAML is nested too deep to read", about=about) from None
     except ValueError as exc:  # yaml's int() of a number beyond sys.get_int_max_str_digits()
         raise UserError(f"{path}: a value cannot be read ({str(exc)[:80]})", about=about) from None
+
+
+def default_cache_dir() -> Path:
+    """namegen's cache (onnxruntime-web for the page, the compiled recurrence): ``$NAMEGEN_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/namegen``, else ``~/.cache/namegen``."""
+    if os.environ.get("NAMEGEN_CACHE_DIR"):
+        return Path(os.environ["NAMEGEN_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "namegen"

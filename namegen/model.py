@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from namegen import recurrence
+
 
 class GRUCell(nn.Module):
     """One GRU step with the notebook's parameters and state_dict keys.
@@ -125,7 +127,23 @@ def _mm(a: torch.Tensor, b: torch.Tensor, low: torch.dtype | None) -> torch.Tens
     return torch.mm(a, b) if low is None else torch.mm(a.to(low), b).to(a.dtype)
 
 
+def _compiled(device: torch.device):
+    """The compiled loops (namegen.recurrence) for tensors on ``device``, or None for the Python ones: on
+    a CPU only (elsewhere unmeasured), and never inside torch.compile's tracing."""
+    if device.type != "cpu" or torch.compiler.is_compiling():
+        return None
+    return recurrence.ops()
+
+
 def _layer_forward(gates_in, h0, w_rz, w_h, mask, batch_sizes, low=None, hmask=None, own_gates=False):
+    """``_layer_forward_loop``, run by the compiled loop where there is one: the same operators, the same bits."""
+    compiled = _compiled(gates_in.device)
+    if compiled is None:
+        return _layer_forward_loop(gates_in, h0, w_rz, w_h, mask, batch_sizes, low, hmask, own_gates)
+    return compiled.layer_forward(gates_in, h0, w_rz, w_h, mask, batch_sizes, low, hmask, own_gates)
+
+
+def _layer_forward_loop(gates_in, h0, w_rz, w_h, mask, batch_sizes, low=None, hmask=None, own_gates=False):
     """One layer over all steps. Returns out (N, H), gates (N, 3H) = [r | z | ñ], q (N, H).
 
     gates_in: (N, 3H) every step's input terms [reset | update | candidate], gate biases
@@ -182,6 +200,30 @@ def _chain_factors(h_prev, hm_prev, r, z, n, mask):
     return f_n, f_z, f_r, f_h
 
 
+def _backward_loop(dgates, acc, f_n, f_z, f_r, f_h, r, w_rz, w_h, sizes, low, hmask):
+    """The backward's loop, last step first: writes dgates (N, 3H), adds into acc (N, H) in place, returns
+    the grad of h0 (B, H). f_*: ``_chain_factors`` (N, H); r: gates[:, :H]."""
+    H = acc.shape[-1]
+    dg_t, acc_t, r_t = dgates.split(sizes), acc.split(sizes), r.split(sizes)
+    f_n, f_z, f_r, f_h = (f.split(sizes) for f in (f_n, f_z, f_r, f_h))
+    for t in range(len(sizes) - 1, -1, -1):
+        dg, dh = dg_t[t], acc_t[t]  # (n, 3H), (n, H): dh is the total grad of step t's state
+        da_n = torch.mul(dh, f_n[t], out=dg[:, 2 * H :])  # (n, H): dL/da_n
+        torch.mul(dh, f_z[t], out=dg[:, H : 2 * H])  # (n, H): dL/da_z
+        dq = _mm(da_n, w_h, low)  # (n, H): grad of q = r * hm_prev
+        torch.mul(dq, f_r[t], out=dg[:, :H])  # (n, H): dL/da_r
+        # grad of h_{t-1} of the n names still going (ended ones keep just their loss term):
+        # the direct path, plus the later loss terms at step t-1 ...
+        dh_prev = acc_t[t - 1][: dh.shape[0]].addcmul_(dh, f_h[t]) if t > 0 else dh * f_h[t]
+        if hmask is None:
+            dh_prev.addcmul_(dq, r_t[t])  # ... through q = r * h_prev ...
+            _addmm_(dh_prev, dg[:, : 2 * H], w_rz, low)  # ... and through both gates' W_rz h_prev
+        else:  # the same two terms reach hm_prev = h_prev * hmask, then h_prev through the mask
+            dhm = _addmm_(torch.mul(dq, r_t[t]), dg[:, : 2 * H], w_rz, low)  # (n, H): grad of hm_prev
+            dh_prev.addcmul_(dhm, hmask[: dh.shape[0]])
+    return dh_prev
+
+
 class _GRULayer(torch.autograd.Function):
     """out = layer(gates_in, h0, w_rz, w_h; mask, batch_sizes, low, hmask): one autograd node per layer."""
 
@@ -205,24 +247,9 @@ class _GRULayer(torch.autograd.Function):
         dgates = torch.empty_like(gates)  # (N, 3H): grads of the pre-activations [a_r | a_z | a_n]
         # (N, H): grad of each step's (dropped) output; the loop adds each step's terms to the step before
         acc = dout.clone(memory_format=torch.contiguous_format)
-        dg_t, acc_t, r_t = dgates.split(sizes), acc.split(sizes), gates[:, :H].split(sizes)
-        f_n, f_z, f_r, f_h = (f.split(sizes) for f in factors)
-        for t in range(len(sizes) - 1, -1, -1):
-            dg, dh = dg_t[t], acc_t[t]  # (n, 3H), (n, H): dh is the total grad of step t's state
-            da_n = torch.mul(dh, f_n[t], out=dg[:, 2 * H :])  # (n, H): dL/da_n
-            torch.mul(dh, f_z[t], out=dg[:, H : 2 * H])  # (n, H): dL/da_z
-            dq = _mm(da_n, w_h, low)  # (n, H): grad of q = r * hm_prev
-            torch.mul(dq, f_r[t], out=dg[:, :H])  # (n, H): dL/da_r
-            # grad of h_{t-1} of the n names still going (ended ones keep just their loss term):
-            # the direct path, plus the later loss terms at step t-1 ...
-            dh_prev = acc_t[t - 1][: dh.shape[0]].addcmul_(dh, f_h[t]) if t > 0 else dh * f_h[t]
-            if hmask is None:
-                dh_prev.addcmul_(dq, r_t[t])  # ... through q = r * h_prev ...
-                _addmm_(dh_prev, dg[:, : 2 * H], w_rz, low)  # ... and through both gates' W_rz h_prev
-            else:  # the same two terms reach hm_prev = h_prev * hmask, then h_prev through the mask
-                dhm = _addmm_(torch.mul(dq, r_t[t]), dg[:, : 2 * H], w_rz, low)  # (n, H): grad of hm_prev
-                dh_prev.addcmul_(dhm, hmask[: dh.shape[0]])
-        dh0 = dh_prev  # (B, H): after step 0, the grad of h0
+        compiled = _compiled(out.device)
+        loop = _backward_loop if compiled is None else compiled.layer_backward  # the same operators, the same bits
+        dh0 = loop(dgates, acc, *factors, gates[:, :H], w_rz, w_h, sizes, low, hmask)  # (B, H): the grad of h0
         # hidden weights' gradients, batched over all N rows (the input maps' are autograd's)
         dg = dgates if low is None else dgates.to(low)
         dw_rz = torch.mm(dg[:, : 2 * H].t(), hm_prev.to(dg.dtype)).to(h0.dtype)  # (2H, H)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from namegen.data import END, PAD
-from namegen.model import GRULanguageModel, _autocast_dtype, _layer_forward
+from namegen.model import GRULanguageModel, _autocast_dtype, _layer_forward_loop
 
 
 def sample_ids(model: GRULanguageModel, n: int, **kwargs) -> tuple[list[list[int]], torch.Tensor]:
@@ -151,7 +151,9 @@ class _Steps:
         m, x, h_new = token.shape[0], None, []
         for i, (h_l, (w_rz, w_h)) in enumerate(zip(h, self.hidden)):
             gates = F.embedding(token, self.table) if i == 0 else F.linear(x, *self.inputs[i - 1])  # (m, 3H)
-            x = _layer_forward(gates, h_l, w_rz, w_h, None, [m], self.low, own_gates=True)[0]  # (m, H)
+            # one step a call: model.py's Python loop (the compiled one saves nothing on one step, and
+            # sampling never waits for its first build)
+            x = _layer_forward_loop(gates, h_l, w_rz, w_h, None, [m], self.low, own_gates=True)[0]  # (m, H)
             h_new.append(x)
         return self.model.head(self.model.norm(x)), h_new  # (m, V)
 

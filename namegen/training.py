@@ -27,7 +27,7 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.utilities import rank_zero_only
 
 from namegen.api import check_device
-from namegen import runlock
+from namegen import recurrence, runlock
 from namegen.callbacks import (
     AtomicCheckpointIO, EpochLine, ModelArtifact, PauseForTests, RunClock, RunLengthEMA, SampleTable,
 )
@@ -413,6 +413,7 @@ def _fit(plan: RunPlan, opts: TrainOptions, datamodule: NamesDataModule, module:
             shutil.rmtree(undo, ignore_errors=True)
         raise
     announce(plan, datamodule, trainer, n_params)
+    announce_recurrence(trainer, opts.compile)
     if plan.base is not None and plan.resume_ckpt is None and (line := use_base_artifact(trainer.loggers,
                                                                                           plan.base.record())):
         say(line)
@@ -491,6 +492,17 @@ def announce(plan: RunPlan, datamodule: NamesDataModule, trainer: pl.Trainer, n_
     turn_off = ("; --precision 32-true turns it off" if plan.precision != "32-true"
                 else "; --precision bf16-mixed asks for it" if "no faster" in plan.precision_why else "")
     say(f"precision: {plan.precision} ({plan.precision_why}{turn_off}); val/loss is computed in float32")
+
+
+def announce_recurrence(trainer: pl.Trainer, compiled_model: bool) -> None:
+    """On a CPU, load the compiled recurrence (built here the first time, not inside the first step) on
+    every process, and say which loops run. torch.compile (--compile) traces the Python loops instead."""
+    if compiled_model or trainer.strategy.root_device.type != "cpu":
+        return
+    if recurrence.ops() is not None:
+        say(f"recurrence: compiled for this CPU ({display(recurrence.build_dir())})")
+    else:
+        say(f"recurrence: Python loops, the same results but slower: {recurrence.why()}")
 
 
 def report(result: TrainResult) -> None:

@@ -43,6 +43,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from namegen.api import NameGenerator
+from namegen.config import default_cache_dir
 from namegen.errors import UserError
 from namegen.export import ExportInfo, export_onnx
 
@@ -132,13 +133,6 @@ def fetch_onnxruntime_web(cache_dir: str | Path | None = None) -> Path:
         shutil.rmtree(target, ignore_errors=True)  # a partial copy from an older namegen, if any
         os.replace(unpacked, target)
     return target
-
-
-def default_cache_dir() -> Path:
-    if os.environ.get("NAMEGEN_CACHE_DIR"):
-        return Path(os.environ["NAMEGEN_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "namegen"
 
 
 # ------------------------------------------------------------------------------------------- helpers

@@ -16,7 +16,7 @@ from conftest import ROOT
 
 PACKAGE = ROOT / "namegen"
 CORE = {"errors", "config", "data", "model", "sampling", "checkpoint", "notebook", "api", "evaluate", "export", "web",
-        "finetune"}
+        "finetune", "recurrence"}
 LIGHTNING_LAYER = {"module", "datamodule", "callbacks", "loggers"}
 ORCHESTRATION = {"training", "compare", "runlock", "tune"}
 CLI = {"cli", "__main__", "__init__"}
