@@ -136,11 +136,19 @@ def _compiled(device: torch.device):
 
 
 def _layer_forward(gates_in, h0, w_rz, w_h, mask, batch_sizes, low=None, hmask=None, own_gates=False):
-    """``_layer_forward_loop``, run by the compiled loop where there is one: the same operators, the same bits."""
+    """``_layer_forward_loop``, run by the compiled loop where there is one: the same operators, the same bits
+    (under bf16 autocast, fused_bf16.cpp: the same math to float32 rounding)."""
     compiled = _compiled(gates_in.device)
     if compiled is None:
         return _layer_forward_loop(gates_in, h0, w_rz, w_h, mask, batch_sizes, low, hmask, own_gates)
+    if _fused(low, h0):  # the same math, its elementwise work fused: float32 tolerance, not the same bits
+        return compiled.layer_forward_bf16(gates_in, h0, w_rz, w_h, mask, batch_sizes, hmask, own_gates)
     return compiled.layer_forward(gates_in, h0, w_rz, w_h, mask, batch_sizes, low, hmask, own_gates)
+
+
+def _fused(low: torch.dtype | None, h0: torch.Tensor) -> bool:
+    """Whether a compiled layer runs namegen/csrc/fused_bf16.cpp: bf16 matmuls, a float32 state."""
+    return low == torch.bfloat16 and h0.dtype == torch.float32
 
 
 def _layer_forward_loop(gates_in, h0, w_rz, w_h, mask, batch_sizes, low=None, hmask=None, own_gates=False):
@@ -248,10 +256,14 @@ class _GRULayer(torch.autograd.Function):
         # (N, H): grad of each step's (dropped) output; the loop adds each step's terms to the step before
         acc = dout.clone(memory_format=torch.contiguous_format)
         compiled = _compiled(out.device)
-        loop = _backward_loop if compiled is None else compiled.layer_backward  # the same operators, the same bits
-        dh0 = loop(dgates, acc, *factors, gates[:, :H], w_rz, w_h, sizes, low, hmask)  # (B, H): the grad of h0
+        if compiled is not None and _fused(low, h0):  # also writes dg, dgates rounded to bf16
+            dg = torch.empty_like(dgates, dtype=low)
+            dh0 = compiled.layer_backward_bf16(dgates, dg, acc, *factors, gates[:, :H], w_rz, w_h, sizes, hmask)
+        else:
+            loop = _backward_loop if compiled is None else compiled.layer_backward  # the same operators and bits
+            dh0 = loop(dgates, acc, *factors, gates[:, :H], w_rz, w_h, sizes, low, hmask)  # (B, H): grad of h0
+            dg = dgates if low is None else dgates.to(low)
         # hidden weights' gradients, batched over all N rows (the input maps' are autograd's)
-        dg = dgates if low is None else dgates.to(low)
         dw_rz = torch.mm(dg[:, : 2 * H].t(), hm_prev.to(dg.dtype)).to(h0.dtype)  # (2H, H)
         dw_h = torch.mm(dg[:, 2 * H :].t(), q).to(h0.dtype)  # (H, H)
         return dgates, dh0, dw_rz, dw_h, None, None, None, None

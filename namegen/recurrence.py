@@ -1,9 +1,11 @@
-"""The recurrence's loops compiled for this machine, once: ``namegen/csrc/recurrence.cpp``.
+"""The recurrence's loops compiled for this machine, once: ``namegen/csrc/recurrence.cpp`` and ``fused_bf16.cpp``.
 
 model.py's layer runs its steps in Python loops of small ATen operators; on a CPU the interpreter around
 them is a large share of a step (most of small's). The C++ file runs the same operators in the same
 order (the same bits, tests/test_recurrence.py), so ``namegen.model`` uses it wherever it is available
 and the Python loops otherwise: where no C++ compiler is found, or ``NAMEGEN_COMPILED=0`` is set.
+``fused_bf16.cpp`` runs a step under bf16 autocast with its elementwise work fused (no casts, no
+mixed-dtype adds between the matmuls): the same math to float32 tolerance, not the same bits.
 
 It is built by torch's C++-extension builder (a C++ compiler and ninja) the first time it is needed,
 into namegen's cache, ``~/.cache/namegen/recurrence-<hash>`` (``NAMEGEN_CACHE_DIR`` moves it; the hash
@@ -25,6 +27,11 @@ import torch
 from namegen.config import default_cache_dir
 
 SOURCE = Path(__file__).parent / "csrc" / "recurrence.cpp"
+SOURCES = (SOURCE, SOURCE.with_name("fused_bf16.cpp"))  # one library: the loops, and bf16's fused steps
+# vectorised, with no fused multiply-adds (each vector clone rounds as the plain one) and no trap-preserving
+# branches (the bits are the same; only floating-point exception flags could differ); OpenMP for
+# at::parallel_for (at run time the process's libgomp, the one torch loaded, serves it)
+FLAGS = ["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fopenmp"]
 NAME = "namegen_recurrence"
 
 _state: dict = {}  # "ops": the loaded operators or None; "why": why the Python loops run instead
@@ -32,7 +39,8 @@ _state: dict = {}  # "ops": the loaded operators or None; "why": why the Python 
 
 def build_dir() -> Path:
     """Where this source, built for this torch and Python, lives."""
-    key = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode() + sys.version.encode()).hexdigest()[:16]
+    text = b"".join(p.read_bytes() for p in SOURCES) + " ".join(FLAGS).encode()
+    key = hashlib.sha256(text + torch.__version__.encode() + sys.version.encode()).hexdigest()[:16]
     return default_cache_dir() / f"recurrence-{key}"
 
 
@@ -62,8 +70,8 @@ def _build(where: Path) -> None:
 
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + path
         # builds and loads the library (a loaded library stays loaded when its file is renamed or removed)
-        load(name=NAME, sources=[str(SOURCE)], build_directory=str(tmp), is_python_module=False,
-             extra_cflags=["-O2"], verbose=False)
+        load(name=NAME, sources=[str(p) for p in SOURCES], build_directory=str(tmp), is_python_module=False,
+             extra_cflags=FLAGS, extra_ldflags=["-fopenmp"], verbose=False)
         os.rename(tmp, where)  # fails when another process got there first: its build is the same
     except OSError:
         if not (where / f"{NAME}.so").exists():
