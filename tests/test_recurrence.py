@@ -94,7 +94,6 @@ def test_compiled_layer_equals_the_python_loops_bit_for_bit(compiled, python_loo
         assert torch.equal(a, b), name
 
 
-@pytest.mark.parametrize("size", ["small", "medium", "large"])
 def _training_step(size: str, python: bool, python_loops) -> list[torch.Tensor]:
     """Loss, final states and every gradient of one step of a shipped config (dropout masks and all), on a
     short batch; in bf16 autocast for large, as it trains on a CPU with native bf16."""
@@ -127,8 +126,8 @@ def test_large_training_step_fused_tracks_the_python_loops(compiled, python_loop
         assert (a - b).norm() <= 0.02 * b.norm() + 1e-6
 
 
-def _reference_and_errors(case, python_loops):
-    """(float64 reference, the Python loops' bf16 result, the fused bf16 result) for one layer case."""
+def _fused_loops_and_exact(case, python_loops):
+    """(float64 result, the Python loops' bf16 result, the fused bf16 result) of one layer case."""
     tensors, mask, sizes, hmask = case
     python_loops(False)
     fused = _run_layer(*tensors, mask, sizes, hmask, True)
@@ -145,7 +144,7 @@ def _reference_and_errors(case, python_loops):
 def test_fused_bf16_layer_follows_the_math_on_any_packing(compiled, python_loops, case):
     """Every row, step and mask where it belongs: within bf16's rounding of the float64 result."""
     tensors, mask, sizes, hmask, _ = case
-    exact, _, fused = _reference_and_errors((tensors, mask, sizes, hmask), python_loops)
+    exact, _, fused = _fused_loops_and_exact((tensors, mask, sizes, hmask), python_loops)
     for name, a, b in zip(["out", "d gates_in", "d h0", "d w_rz", "d w_h"], fused, exact):
         assert a.dtype == torch.float32 and a.shape == b.shape, name
         assert (a.double() - b).abs().max() <= 0.05 * b.abs().max() + 1e-3, name
@@ -165,7 +164,7 @@ def test_fused_bf16_layer_is_as_accurate_as_the_loops_it_replaces(compiled, pyth
                torch.randn(2 * H, H, generator=gen) / 8, torch.randn(H, H, generator=gen) / 8]
     mask = (torch.rand(N, H, generator=gen) > 0.2) / 0.8 if masks in ("state", "both") else None
     hmask = (torch.rand(B, H, generator=gen) > 0.4) / 0.6 if masks in ("variational", "both") else None
-    exact, loops, fused = _reference_and_errors((tensors, mask, sizes, hmask), python_loops)
+    exact, loops, fused = _fused_loops_and_exact((tensors, mask, sizes, hmask), python_loops)
     for name, a, b, c in zip(["out", "d gates_in", "d h0", "d w_rz", "d w_h"], fused, loops, exact):
         error_fused, error_loops = ((x.double() - c).norm() / c.norm() for x in (a, b))
         assert 0 < error_loops < 0.02, name  # bf16 products: an error well above float32's
