@@ -136,19 +136,27 @@ def _compiled(device: torch.device):
 
 
 def _layer_forward(gates_in, h0, w_rz, w_h, mask, batch_sizes, low=None, hmask=None, own_gates=False):
-    """``_layer_forward_loop``, run by the compiled loop where there is one: the same operators, the same bits
-    (under bf16 autocast, fused_bf16.cpp: the same math to float32 rounding)."""
+    """``_layer_forward_loop``, run by compiled code where there is some -> out, gates, q, and hm (N, H): each
+    row's previous state as the hidden matmuls saw it, from fused_f32.cpp (None elsewhere). recurrence.cpp
+    replays the loop's operators (the same bits); the fused kernels run the same math with their elementwise
+    work fused (float32 tolerance, not the same bits): fused_f32.cpp in float32, fused_bf16.cpp under bf16."""
     compiled = _compiled(gates_in.device)
     if compiled is None:
-        return _layer_forward_loop(gates_in, h0, w_rz, w_h, mask, batch_sizes, low, hmask, own_gates)
-    if _fused(low, h0):  # the same math, its elementwise work fused: float32 tolerance, not the same bits
-        return compiled.layer_forward_bf16(gates_in, h0, w_rz, w_h, mask, batch_sizes, hmask, own_gates)
-    return compiled.layer_forward(gates_in, h0, w_rz, w_h, mask, batch_sizes, low, hmask, own_gates)
+        return (*_layer_forward_loop(gates_in, h0, w_rz, w_h, mask, batch_sizes, low, hmask, own_gates), None)
+    kind = _fused(low, h0)
+    if kind == "f32":
+        return compiled.layer_forward_f32(gates_in, h0, w_rz, w_h, mask, batch_sizes, hmask, own_gates)
+    if kind == "bf16":
+        return (*compiled.layer_forward_bf16(gates_in, h0, w_rz, w_h, mask, batch_sizes, hmask, own_gates), None)
+    return (*compiled.layer_forward(gates_in, h0, w_rz, w_h, mask, batch_sizes, low, hmask, own_gates), None)
 
 
-def _fused(low: torch.dtype | None, h0: torch.Tensor) -> bool:
-    """Whether a compiled layer runs namegen/csrc/fused_bf16.cpp: bf16 matmuls, a float32 state."""
-    return low == torch.bfloat16 and h0.dtype == torch.float32
+def _fused(low: torch.dtype | None, h0: torch.Tensor) -> str | None:
+    """The fused kernel a compiled layer runs for a float32 state: "f32" (namegen/csrc/fused_f32.cpp, float32
+    matmuls), "bf16" (fused_bf16.cpp, bf16 matmuls), or None (recurrence.cpp's replay: other dtypes)."""
+    if h0.dtype != torch.float32:
+        return None
+    return "f32" if low is None else "bf16" if low == torch.bfloat16 else None
 
 
 def _layer_forward_loop(gates_in, h0, w_rz, w_h, mask, batch_sizes, low=None, hmask=None, own_gates=False):
@@ -238,35 +246,48 @@ class _GRULayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gates_in, h0, w_rz, w_h, mask, batch_sizes, low, hmask):
         w_rz, w_h = (w if low is None else w.to(low) for w in (w_rz, w_h))  # cast once per layer
-        out, gates, q = _layer_forward(gates_in, h0, w_rz, w_h, mask, batch_sizes, low, hmask)
-        ctx.save_for_backward(h0, w_rz, w_h, mask, hmask, out, gates, q)
+        out, gates, q, hm = _layer_forward(gates_in, h0, w_rz, w_h, mask, batch_sizes, low, hmask)
+        ctx.save_for_backward(h0, w_rz, w_h, mask, hmask, out, gates, q, hm)
         ctx.batch_sizes, ctx.low = batch_sizes, low
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        h0, w_rz, w_h, mask, hmask, out, gates, q = ctx.saved_tensors
+        h0, w_rz, w_h, mask, hmask, out, gates, q, hm = ctx.saved_tensors
         sizes, low = ctx.batch_sizes, ctx.low
         H = out.shape[-1]
-        h_prev = _previous_states(h0, out, sizes)  # (N, H): the state each step saw
-        hm_rows = None if hmask is None else torch.cat([hmask[:n] for n in sizes])  # (N, H): each row's name's mask
-        hm_prev = h_prev if hmask is None else h_prev * hm_rows  # (N, H): as the hidden matmuls saw it
-        factors = _chain_factors(h_prev, hm_prev, gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H :], mask)
         dgates = torch.empty_like(gates)  # (N, 3H): grads of the pre-activations [a_r | a_z | a_n]
         # (N, H): grad of each step's (dropped) output; the loop adds each step's terms to the step before
         acc = dout.clone(memory_format=torch.contiguous_format)
-        compiled = _compiled(out.device)
-        if compiled is not None and _fused(low, h0):  # also writes dg, dgates rounded to bf16
-            dg = torch.empty_like(dgates, dtype=low)
-            dh0 = compiled.layer_backward_bf16(dgates, dg, acc, *factors, gates[:, :H], w_rz, w_h, sizes, hmask)
+        if hm is not None:  # fused_f32.cpp's forward ran: its backward computes the chain-rule factors in its loop
+            dh0 = _compiled(out.device).layer_backward_f32(dgates, acc, gates, out, hm, h0, mask, hmask, w_rz, w_h,
+                                                           sizes)
+            dg = dgates
         else:
-            loop = _backward_loop if compiled is None else compiled.layer_backward  # the same operators and bits
-            dh0 = loop(dgates, acc, *factors, gates[:, :H], w_rz, w_h, sizes, low, hmask)  # (B, H): grad of h0
-            dg = dgates if low is None else dgates.to(low)
+            dh0, dg, hm = _backward_steps(dgates, acc, h0, w_rz, w_h, mask, hmask, out, gates, sizes, low)
         # hidden weights' gradients, batched over all N rows (the input maps' are autograd's)
-        dw_rz = torch.mm(dg[:, : 2 * H].t(), hm_prev.to(dg.dtype)).to(h0.dtype)  # (2H, H)
+        dw_rz = torch.mm(dg[:, : 2 * H].t(), hm.to(dg.dtype)).to(h0.dtype)  # (2H, H)
         dw_h = torch.mm(dg[:, 2 * H :].t(), q).to(h0.dtype)  # (H, H)
         return dgates, dh0, dw_rz, dw_h, None, None, None, None
+
+
+def _backward_steps(dgates, acc, h0, w_rz, w_h, mask, hmask, out, gates, sizes, low):
+    """The backward's loop with its chain-rule factors computed first, for all rows: the Python loops, their
+    compiled replay, or fused_bf16.cpp. Writes dgates, returns (the grad of h0 (B, H), dgates in the weight
+    gradients' matmul dtype, hm_prev (N, H): each row's previous state as the hidden matmuls saw it)."""
+    H = out.shape[-1]
+    h_prev = _previous_states(h0, out, sizes)  # (N, H): the state each step saw
+    hm_rows = None if hmask is None else torch.cat([hmask[:n] for n in sizes])  # (N, H): each row's name's mask
+    hm_prev = h_prev if hmask is None else h_prev * hm_rows  # (N, H): as the hidden matmuls saw it
+    factors = _chain_factors(h_prev, hm_prev, gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H :], mask)
+    compiled = _compiled(out.device)
+    if compiled is not None and _fused(low, h0) == "bf16":  # also writes dg, dgates rounded to bf16
+        dg = torch.empty_like(dgates, dtype=low)
+        dh0 = compiled.layer_backward_bf16(dgates, dg, acc, *factors, gates[:, :H], w_rz, w_h, sizes, hmask)
+        return dh0, dg, hm_prev
+    loop = _backward_loop if compiled is None else compiled.layer_backward  # the same operators and bits
+    dh0 = loop(dgates, acc, *factors, gates[:, :H], w_rz, w_h, sizes, low, hmask)  # (B, H): grad of h0
+    return dh0, (dgates if low is None else dgates.to(low)), hm_prev
 
 
 def gru_layer(gates_in: torch.Tensor, h0: torch.Tensor, w_rz: torch.Tensor, w_h: torch.Tensor,
@@ -420,6 +441,33 @@ class GRULanguageModel(nn.Module):
         padding is computed, with the same results at real positions.
         """
         B, T = idx.shape
+        logits, h_last, pack = self._packed_logits(idx, h, lengths)  # (N, V), (n_layer, B, H) in pack's order
+        logits = pack.unpack(logits) if pack is not None else logits.view(T, B, -1)  # (T, B, V)
+        logits = logits.transpose(0, 1).contiguous()  # (B, T, V)
+        if pack is not None:
+            logits, h_last = pack.unsort(logits, 0), pack.unsort(h_last, 1)
+        return logits, h_last
+
+    def nll(self, idx: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+        """Negative log-likelihood (nats) of every real target, (n,): the training loss's terms, as
+        ``char_nll(self(idx, lengths=...)[0], targets)[targets != ignore_index]`` gives them, without
+        the padded (B, T, V) logits: the head's rows meet their targets where they are computed.
+
+        targets: (B, T), ``ignore_index`` only after each row's real positions (padding), as namegen's
+        batches have it. The terms come time-major (each step's names, longest first), not row by row:
+        their sum and count are the same, up to the order of a float sum.
+        """
+        lengths = (targets != ignore_index).sum(1)  # (B,): real positions per name
+        if not self.skip_padding:  # padding computed (compile_model): through the (compiled) forward
+            return char_nll(self(idx, lengths=lengths)[0], targets, ignore_index)[targets != ignore_index]
+        logits, _, pack = self._packed_logits(idx, None, lengths)  # (N, V): one row per real position
+        return F.cross_entropy(logits.float(), pack.sort(targets, 0).t()[pack.valid], reduction="none")
+
+    def _packed_logits(self, idx: torch.Tensor, h: torch.Tensor | None, lengths: torch.Tensor | None):
+        """The layers and the head -> (logits (N, V), h_last (n_layer, B, H), pack). With a ``Packing`` (lengths
+        given, skip_padding on) rows are its packed real positions and h_last is in its (sorted) row order;
+        without one (pack None) rows are every position, time-major (T*B)."""
+        B, T = idx.shape
         if h is None:
             h = self.init_hidden(B, idx.device)
         pack = None
@@ -443,11 +491,7 @@ class GRULanguageModel(nn.Module):
             x = gru_layer(gates_in, h_l, w_rz, w_h, mask, sizes, hmask)  # (N, H): feeds the next layer
             h_last.append(self._final_states(x, B, lengths, pack))  # (B, H)
         logits = self.head(self.norm(self._dropped(x, self.reg.layer, T, B, pack)))  # (N, V)
-        logits = pack.unpack(logits) if pack is not None else logits.view(T, B, -1)  # (T, B, V)
-        logits, h_last = logits.transpose(0, 1).contiguous(), torch.stack(h_last)  # (B, T, V), (n_layer, B, H)
-        if pack is not None:
-            logits, h_last = pack.unsort(logits, 0), pack.unsort(h_last, 1)
-        return logits, h_last
+        return logits, torch.stack(h_last), pack
 
     def _input_gates(self, layer: GRUCell, tokens: torch.Tensor, T: int, B: int, pack) -> torch.Tensor:
         """Layer 0's input terms (N, 3H) for the tokens (N,), in float32 even under autocast.

@@ -14,7 +14,7 @@ from namegen.checkpoint import STATE_PREFIX, build_meta
 from namegen.config import Config
 from namegen.data import IGNORE, Vocab
 from namegen.errors import TrainingDiverged
-from namegen.model import GRULanguageModel, char_nll
+from namegen.model import GRULanguageModel
 
 
 class NameGenModule(pl.LightningModule):
@@ -50,9 +50,7 @@ class NameGenModule(pl.LightningModule):
     def _token_nll(self, batch) -> torch.Tensor:
         """Per-character NLL of the real (non-padding) targets, flattened: (n_chars,)."""
         x, y = batch  # (B, T), (B, T)
-        lengths = (y != IGNORE).sum(1)  # (B,): real positions per name; the padding after them takes no compute
-        logits, _ = self.model(x, lengths=lengths)  # (B, T, V)
-        return char_nll(logits, y, IGNORE)[y != IGNORE]
+        return self.model.nll(x, y, IGNORE)  # the padding after each name takes no compute
 
     def training_step(self, batch, batch_idx):
         nll = self._token_nll(batch)

@@ -1,11 +1,13 @@
-"""The recurrence's loops compiled for this machine, once: ``namegen/csrc/recurrence.cpp`` and ``fused_bf16.cpp``.
+"""The recurrence's loops compiled for this machine, once: ``namegen/csrc/*.cpp``.
 
 model.py's layer runs its steps in Python loops of small ATen operators; on a CPU the interpreter around
 them is a large share of a step (most of small's). The C++ file runs the same operators in the same
 order (the same bits, tests/test_recurrence.py), so ``namegen.model`` uses it wherever it is available
 and the Python loops otherwise: where no C++ compiler is found, or ``NAMEGEN_COMPILED=0`` is set.
-``fused_bf16.cpp`` runs a step under bf16 autocast with its elementwise work fused (no casts, no
-mixed-dtype adds between the matmuls): the same math to float32 tolerance, not the same bits.
+``fused_f32.cpp`` (float32) and ``fused_bf16.cpp`` (bf16 autocast) run a step with its elementwise work
+fused between its two matmuls (and the backward's chain rule inside its loop in float32): the same math
+to float32 tolerance, not the same bits. They are what training runs on a CPU; the replay is kept for
+other dtypes and as the bit-exact check of the Python loops.
 
 It is built by torch's C++-extension builder (a C++ compiler and ninja) the first time it is needed,
 into namegen's cache, ``~/.cache/namegen/recurrence-<hash>`` (``NAMEGEN_CACHE_DIR`` moves it; the hash
@@ -27,7 +29,9 @@ import torch
 from namegen.config import default_cache_dir
 
 SOURCE = Path(__file__).parent / "csrc" / "recurrence.cpp"
-SOURCES = (SOURCE, SOURCE.with_name("fused_bf16.cpp"))  # one library: the loops, and bf16's fused steps
+# one library: the replayed loops, and the fused steps in float32 and under bf16 (sharing fused_math.h)
+SOURCES = (SOURCE, SOURCE.with_name("fused_f32.cpp"), SOURCE.with_name("fused_bf16.cpp"))
+HEADERS = (SOURCE.with_name("fused_math.h"),)
 # vectorised, with no fused multiply-adds (each vector clone rounds as the plain one) and no trap-preserving
 # branches (the bits are the same; only floating-point exception flags could differ); OpenMP for
 # at::parallel_for (at run time the process's libgomp, the one torch loaded, serves it)
@@ -39,7 +43,7 @@ _state: dict = {}  # "ops": the loaded operators or None; "why": why the Python 
 
 def build_dir() -> Path:
     """Where this source, built for this torch and Python, lives."""
-    text = b"".join(p.read_bytes() for p in SOURCES) + " ".join(FLAGS).encode()
+    text = b"".join(p.read_bytes() for p in SOURCES + HEADERS) + " ".join(FLAGS).encode()
     key = hashlib.sha256(text + torch.__version__.encode() + sys.version.encode()).hexdigest()[:16]
     return default_cache_dir() / f"recurrence-{key}"
 

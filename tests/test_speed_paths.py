@@ -295,7 +295,15 @@ def test_training_batches_come_longest_first_and_pass_lengths():
     assert lengths.tolist() == [12, 10, 4, 3, 3] and x.shape == (5, 12)
     module = NameGenModule(load_config("small").replace(n_embd=4, n_hidden=8), vocab.chars)
     seen = []
-    original = module.model.forward
-    module.model.forward = lambda idx, h=None, lengths=None: seen.append(lengths) or original(idx, h, lengths)
-    module._token_nll((x, y))
-    assert seen[0].tolist() == lengths.tolist()
+    original = module.model._packed_logits
+
+    def spy(idx, h, lengths):
+        logits, h_last, pack = original(idx, h, lengths)
+        seen.append((lengths, pack, logits.shape[0]))
+        return logits, h_last, pack
+    module.model._packed_logits = spy
+    nll = module._token_nll((x, y))
+    got, pack, rows = seen[0]
+    assert got.tolist() == lengths.tolist()
+    assert pack.order is None  # already longest first: the model sorts nothing
+    assert rows == nll.numel() == int(lengths.sum())  # the head and the loss ran on the real positions only

@@ -13,67 +13,17 @@
 //
 // Layout: as recurrence.cpp. Shapes: gates (N, 3H) = [r | z | n], rows packed by step.
 
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <algorithm>
-#include <cmath>
-#include <cstdint>
-#include <cstring>
 #include <tuple>
 #include <vector>
 
+#include "fused_math.h"
+
 namespace {
 
-using at::Tensor;
-using c10::optional;
-using bf16 = uint16_t;  // raw bits; ATen's at::BFloat16 has the same layout and rounding
-#define R __restrict__  // a row function's pointers never overlap (vectorises without runtime checks)
-
-#define NG_VECTOR __attribute__((target_clones("avx512f", "avx2", "default")))
-
-inline float from_bf16(bf16 b) {
-  uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-inline bf16 to_bf16(float f) {  // round to nearest even, as c10::BFloat16
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-  return f != f ? bf16(0x7FC0) : static_cast<bf16>(rounded);
-}
-
-inline float exp_approx(float x) {  // Cephes' expf: range reduction by ln 2, a degree-6 polynomial
-  x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
-  const float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest: + 1.5 * 2^23
-  const float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float e = (p * (r * r) + r) + 1.0f;
-  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(k) + 127) << 23;  // 2^k
-  float s;
-  std::memcpy(&s, &bits, 4);
-  return e * s;
-}
-
-inline float sigmoid_approx(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
-
-inline float tanh_approx(float x) {
-  const float t = exp_approx(-2.0f * std::fabs(x));
-  return std::copysign((1.0f - t) / (1.0f + t), x);
-}
-
-inline float lerp_like_aten(float a, float b, float w) {  // torch.lerp's formula, exact at w = 0 and 1
-  return std::fabs(w) < 0.5f ? a + w * (b - a) : b - (b - a) * (1.0f - w);
-}
+using namespace namegen_fused;
+constexpr const char* WHO = "fused_bf16";
 
 // ---- forward, one row of one step (H units)
 
@@ -140,24 +90,6 @@ NG_VECTOR void grad_prev_row(const float* R dh, const float* R f_h, const bf16* 
   }
 }
 
-template <typename T>
-T* row(const Tensor& t, int64_t i) {  // row i of a 2-D tensor whose rows are contiguous
-  return reinterpret_cast<T*>(t.data_ptr()) + i * t.stride(0);
-}
-
-template <typename F>
-void over_rows(int64_t n, int64_t width, const F& body) {  // both cores from ~32k elements, as ATen
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, width));
-  at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) body(i);
-  });
-}
-
-void check(const Tensor& t, at::ScalarType dtype, const char* what) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == dtype && t.dim() == 2 && t.stride(1) == 1,
-              "fused_bf16: ", what, " must be a CPU ", dtype, " matrix with contiguous rows");
-}
-
 // One layer over all steps -> out (N, H), gates (N, 3H) = [r | z | n], q (N, H) = bf16(r * hm_prev).
 // gates_in (N, 3H) float32 (copied unless own_gates), h0 (B, H) float32, w_rz (2H, H) and w_h (H, H) bf16,
 // mask (N, H) and hmask (B, H) float32 or none.   [model._layer_forward_loop, low = bf16]
@@ -167,10 +99,10 @@ std::tuple<Tensor, Tensor, Tensor> layer_forward_bf16(
   const int64_t H = h0_in.size(-1), B = h0_in.size(0);
   Tensor gates = gates_in.to(at::kFloat, false, !own_gates).contiguous();  // (N, 3H)
   const Tensor h0 = h0_in.to(at::kFloat).contiguous();
-  check(gates, at::kFloat, "gates");
-  if (mask) check(*mask, at::kFloat, "mask");
-  if (hmask) check(*hmask, at::kFloat, "hmask");
-  TORCH_CHECK(!hmask || hmask->is_contiguous(), "fused_bf16: hmask must be contiguous");
+  check(gates, at::kFloat, WHO, "gates");
+  if (mask) check(*mask, at::kFloat, WHO, "mask");
+  if (hmask) check(*hmask, at::kFloat, WHO, "hmask");
+  TORCH_CHECK(!hmask || hmask->is_contiguous(), WHO, ": hmask must be contiguous");
   const int64_t N = gates.size(0);
   Tensor out = gates.new_empty({N, H});
   Tensor q_all = gates.new_empty({N, H}, gates.options().dtype(at::kBFloat16));
@@ -207,12 +139,12 @@ Tensor layer_backward_bf16(Tensor dgates, Tensor dlow, Tensor acc, const Tensor&
                            const Tensor& f_r, const Tensor& f_h, const Tensor& r, const Tensor& w_rz,
                            const Tensor& w_h, at::IntArrayRef batch_sizes, const optional<Tensor>& hmask) {
   const int64_t H = acc.size(-1), B = batch_sizes.empty() ? 0 : batch_sizes[0];
-  check(dgates, at::kFloat, "dgates");
-  check(dlow, at::kBFloat16, "dlow");
-  check(acc, at::kFloat, "acc");
-  for (const Tensor* t : {&f_n, &f_z, &f_r, &f_h, &r}) check(*t, at::kFloat, "a chain-rule factor");
-  if (hmask) check(*hmask, at::kFloat, "hmask");
-  TORCH_CHECK(!hmask || hmask->is_contiguous(), "fused_bf16: hmask must be contiguous");
+  check(dgates, at::kFloat, WHO, "dgates");
+  check(dlow, at::kBFloat16, WHO, "dlow");
+  check(acc, at::kFloat, WHO, "acc");
+  for (const Tensor* t : {&f_n, &f_z, &f_r, &f_h, &r}) check(*t, at::kFloat, WHO, "a chain-rule factor");
+  if (hmask) check(*hmask, at::kFloat, WHO, "hmask");
+  TORCH_CHECK(!hmask || hmask->is_contiguous(), WHO, ": hmask must be contiguous");
   Tensor dq_all = dlow.new_empty({B, H}), dr_all = dlow.new_empty({B, H});
   Tensor dh0 = acc.new_empty({B, H});
   const float* hm_rows = hmask ? hmask->data_ptr<float>() : nullptr;
