@@ -225,6 +225,7 @@ class RunLengthEMA(EMAWeightAveraging):
     def __init__(self, decay: float, steps: int, max_fraction: float = 0.25):
         super().__init__(decay=decay)
         self.decay, self.steps, self.max_fraction = decay, steps, max_fraction
+        self._lists: tuple | None = None  # (the average's tensors, the model's); () for Lightning's update
         self._use(decay)
 
     @property
@@ -237,6 +238,36 @@ class RunLengthEMA(EMAWeightAveraging):
             if trainer.is_global_zero and (line := self.note()):
                 print(line, flush=True)
         super().setup(trainer, pl_module, stage)
+        self._lists = None  # a new AveragedModel: its tensors are gathered again
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        """Lightning's update, without its per-step Python: ``AveragedModel.update_parameters`` gathers,
+        detaches and groups every tensor by device and dtype at each step before its one multi-tensor
+        ``lerp`` (small: about 0.3 ms of a 6 ms step). After the first update (a copy), the same ``lerp`` with
+        the same weight, and the same count, run here on tensor lists gathered once: the same bits."""
+        due = trainer.global_step > self._latest_update_step and self.should_update(step_idx=trainer.global_step - 1)
+        if not self._lists or not due:  # () once found not to be one lerp: Lightning's path throughout
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            if self._lists is None and self._latest_update_step == trainer.global_step:  # the average exists now
+                self._lists = self._tensor_lists(pl_module) or ()
+            return
+        average, current = self._lists
+        torch._foreach_lerp_(average, current, 1 - self.decay_used)  # get_ema_multi_avg_fn's update
+        self._average_model.n_averaged += 1
+        self._latest_update_step = trainer.global_step
+
+    def _tensor_lists(self, pl_module: pl.LightningModule):
+        """(the average's tensors, the model's), detached, in AveragedModel's order; None where its update
+        would not be one ``lerp`` (more than one device or dtype, or tensors that are not floating point)."""
+        model = self._average_model
+        average = list(model.module.parameters()) + (list(model.module.buffers()) if model.use_buffers else [])
+        current = list(pl_module.parameters()) + (list(pl_module.buffers()) if model.use_buffers else [])
+        average, current = [t.detach() for t in average], [t.detach() for t in current]
+        kinds = {(t.device, t.dtype) for t in average + current}
+        if len(average) != len(current) or len(kinds) != 1 or not all(t.is_floating_point() for t in average):
+            return None
+        return average, current
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "decay_used": self.decay_used}

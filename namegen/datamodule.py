@@ -24,7 +24,14 @@ class NamesDataModule(pl.LightningDataModule):
     ``case`` (``namegen.data.case_of``) is how the names are learned: given when
     resuming, found from the file otherwise; under ``"title"`` they are learned in
     lower case.
+
+    Validation runs batches of at least ``VAL_BATCH`` names: it takes no gradient, so a larger batch only
+    spreads each step's fixed cost over more names (small's validation pass: about half the time at 256
+    or more names a batch than at 64). val/loss is the same mean over the same names, up to the order
+    of its float sums.
     """
+
+    VAL_BATCH = 512
 
     def __init__(
         self,
@@ -98,7 +105,7 @@ class NamesDataModule(pl.LightningDataModule):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         sampler = IndexBatchSampler(
             dataset.lengths,
-            self.batch_size,
+            self.batch_size if shuffle else max(self.batch_size, self.VAL_BATCH),
             shuffle=shuffle,
             seed=self.seed,
             group_by_length=self.group_by_length and shuffle,

@@ -83,6 +83,28 @@ def test_a_resumed_run_keeps_the_decay_it_started_with(names_file, tmp_path):
     assert decay == {"straight": pytest.approx(1 - 1 / 6), "split": pytest.approx(0.75)}
 
 
+def test_the_average_updated_from_lists_gathered_once_is_lightnings_bit_for_bit(names_file, tmp_path, monkeypatch):
+    """RunLengthEMA's own per-step update (the tensor lists gathered once) against Lightning's (every step
+    through AveragedModel.update_parameters): the same average and weights, bit for bit, in a real run."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from namegen.callbacks import RunLengthEMA
+
+    calls = []
+    original = AveragedModel.update_parameters
+    monkeypatch.setattr(AveragedModel, "update_parameters", lambda self, model: calls.append(1) or original(self, model))
+    config = write_config(tmp_path, ema_decay=0.9)
+    train(names_file, tmp_path / "own", config)
+    own_calls = len(calls)
+    monkeypatch.setattr(RunLengthEMA, "_tensor_lists", lambda self, pl_module: None)  # Lightning's every step
+    train(names_file, tmp_path / "lightning", config)
+    assert own_calls == 1 and len(calls) - own_calls == 24  # the first update (a copy); then 3 epochs x 8 steps
+    a, b = (torch.load(tmp_path / run / "last.ckpt", weights_only=True) for run in ("own", "lightning"))
+    for key in ("state_dict", "current_model_state", "averaging_state"):  # the last: n_averaged
+        assert a[key].keys() == b[key].keys()
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+
+
 @pytest.mark.parametrize("value", [-0.1, 1.0])
 def test_ema_decay_outside_0_to_1_is_refused(value):
     with pytest.raises(UserError, match="ema_decay must be in"):

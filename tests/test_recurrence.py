@@ -1,5 +1,6 @@
-"""The compiled recurrence: recurrence.cpp gives the Python loops' results bit for bit, and fused_bf16.cpp
-(the bf16-autocast path) gives them to float32 tolerance, as accurately as the loops it replaces.
+"""The compiled recurrence: recurrence.cpp gives the Python loops' results bit for bit, and the fused
+kernels (fused_f32.cpp in float32, fused_bf16.cpp under bf16 autocast) give them to float32 tolerance, as
+accurately as the loops they replace.
 
 Forward (out, gates, q) and backward (every gradient) of one layer, over random packings, widths, dropout
 masks, variational masks and bf16 autocast, drawn by Hypothesis; and a whole training step of each
@@ -52,8 +53,8 @@ def python_loops(monkeypatch):
 
 @pytest.fixture
 def unfused(monkeypatch):
-    """Under bf16 autocast, run recurrence.cpp's replay of the Python loops instead of fused_bf16.cpp."""
-    monkeypatch.setattr(model_module, "_fused", lambda low, h0: False)
+    """Run recurrence.cpp's replay of the Python loops instead of fused_f32.cpp and fused_bf16.cpp."""
+    monkeypatch.setattr(model_module, "_fused", lambda low, h0: None)
 
 
 def _run_layer(gates_in, h0, w_rz, w_h, mask, sizes, hmask, low):
@@ -118,25 +119,65 @@ def test_a_training_step_of_each_size_is_the_same_bits_compiled(compiled, python
     assert all(torch.equal(a, b) for a, b in zip(fast, slow))
 
 
-def test_large_training_step_fused_tracks_the_python_loops(compiled, python_loops):
-    """Large's bf16 step through fused_bf16.cpp: the loss to 1e-4, each gradient to 2% of its norm."""
-    fast, slow = (_training_step("large", python, python_loops) for python in (False, True))
-    assert abs(float(fast[0]) - float(slow[0])) < 1e-4
+@pytest.mark.parametrize("size, loss_tol, grad_tol", [("small", 1e-6, 1e-4), ("medium", 1e-6, 1e-4),
+                                                     ("large", 1e-4, 0.02)])
+def test_a_training_step_fused_tracks_the_python_loops(compiled, python_loops, size, loss_tol, grad_tol):
+    """Each size's step through its fused kernel (small and medium: fused_f32.cpp; large: fused_bf16.cpp):
+    the loss, and each gradient to a fraction of its norm (bf16's products make large's looser)."""
+    fast, slow = (_training_step(size, python, python_loops) for python in (False, True))
+    assert abs(float(fast[0]) - float(slow[0])) < loss_tol
     for a, b in zip(fast[1:], slow[1:]):
-        assert (a - b).norm() <= 0.02 * b.norm() + 1e-6
+        assert (a - b).norm() <= grad_tol * b.norm() + 1e-6
 
 
-def _fused_loops_and_exact(case, python_loops):
-    """(float64 result, the Python loops' bf16 result, the fused bf16 result) of one layer case."""
+def _fused_loops_and_exact(case, python_loops, low=True):
+    """(float64 result, the Python loops' result, the fused kernel's result) of one layer case; under bf16
+    autocast (fused_bf16.cpp) or in float32 (fused_f32.cpp)."""
     tensors, mask, sizes, hmask = case
     python_loops(False)
-    fused = _run_layer(*tensors, mask, sizes, hmask, True)
+    fused = _run_layer(*tensors, mask, sizes, hmask, low)
     python_loops(True)
-    loops = _run_layer(*tensors, mask, sizes, hmask, True)
+    loops = _run_layer(*tensors, mask, sizes, hmask, low)
     exact = _run_layer(*(t.double() for t in tensors), mask if mask is None else mask.double(), sizes,
                        hmask if hmask is None else hmask.double(), False)
     python_loops(False)
     return exact, loops, fused
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=layers())
+def test_fused_f32_layer_follows_the_math_on_any_packing(compiled, python_loops, case):
+    """Every row, step and mask where it belongs, and the chain rule computed inside the backward's loop:
+    within float32's rounding of the float64 result."""
+    tensors, mask, sizes, hmask, _ = case
+    exact, _, fused = _fused_loops_and_exact((tensors, mask, sizes, hmask), python_loops, low=False)
+    for name, a, b in zip(["out", "d gates_in", "d h0", "d w_rz", "d w_h"], fused, exact):
+        assert a.dtype == torch.float32 and a.shape == b.shape, name
+        assert (a.double() - b).abs().max() <= 1e-5 * b.abs().max() + 1e-6, name
+
+
+@pytest.mark.parametrize("masks", ["none", "state", "variational", "both"])
+def test_fused_f32_layer_is_as_accurate_as_the_loops_it_replaces(compiled, python_loops, masks):
+    """Against float64, fused_f32.cpp's error is the Python loops' (its sigmoid and tanh are as accurate as
+    ATen's), and the two agree on every element to float32 rounding of the tensor's scale."""
+    exact, loops, fused = _fused_loops_and_exact(_accuracy_case(masks), python_loops, low=False)
+    for name, a, b, c in zip(["out", "d gates_in", "d h0", "d w_rz", "d w_h"], fused, loops, exact):
+        error_fused, error_loops = ((x.double() - c).norm() / c.norm() for x in (a, b))
+        assert 0 < error_loops < 1e-6, name  # float32 throughout
+        assert error_fused <= 1.5 * error_loops, name
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max(), name
+
+
+def _accuracy_case(masks: str):
+    """A layer of 16 names over 9 steps, 64 units, with the masks asked for."""
+    gen = torch.Generator().manual_seed(11)
+    B, H, sizes = 16, 64, [16, 16, 16, 14, 11, 9, 6, 3, 1]
+    N = sum(sizes)
+    tensors = [torch.randn(N, 3 * H, generator=gen), torch.randn(B, H, generator=gen),
+               torch.randn(2 * H, H, generator=gen) / 8, torch.randn(H, H, generator=gen) / 8]
+    mask = (torch.rand(N, H, generator=gen) > 0.2) / 0.8 if masks in ("state", "both") else None
+    hmask = (torch.rand(B, H, generator=gen) > 0.4) / 0.6 if masks in ("variational", "both") else None
+    return tensors, mask, sizes, hmask
 
 
 @settings(max_examples=60, deadline=None)
@@ -157,14 +198,7 @@ def test_fused_bf16_layer_is_as_accurate_as_the_loops_it_replaces(compiled, pyth
     bits; now and then one tips a product's bf16 rounding, which moves the rest of that one name (names
     never mix) by up to 1e-3, so the agreement is asked of three elements in four, names and units alike.
     (A 1% error in the reset gate's gradient breaks it on every tensor but out.)"""
-    gen = torch.Generator().manual_seed(11)
-    B, H, sizes = 16, 64, [16, 16, 16, 14, 11, 9, 6, 3, 1]
-    N = sum(sizes)
-    tensors = [torch.randn(N, 3 * H, generator=gen), torch.randn(B, H, generator=gen),
-               torch.randn(2 * H, H, generator=gen) / 8, torch.randn(H, H, generator=gen) / 8]
-    mask = (torch.rand(N, H, generator=gen) > 0.2) / 0.8 if masks in ("state", "both") else None
-    hmask = (torch.rand(B, H, generator=gen) > 0.4) / 0.6 if masks in ("variational", "both") else None
-    exact, loops, fused = _fused_loops_and_exact((tensors, mask, sizes, hmask), python_loops)
+    exact, loops, fused = _fused_loops_and_exact(_accuracy_case(masks), python_loops)
     for name, a, b, c in zip(["out", "d gates_in", "d h0", "d w_rz", "d w_h"], fused, loops, exact):
         error_fused, error_loops = ((x.double() - c).norm() / c.norm() for x in (a, b))
         assert 0 < error_loops < 0.02, name  # bf16 products: an error well above float32's
@@ -174,8 +208,9 @@ def test_fused_bf16_layer_is_as_accurate_as_the_loops_it_replaces(compiled, pyth
             assert torch.quantile(relative.flatten(), 0.75) <= 1e-5, name
 
 
-def test_fused_bf16_elementwise_math_is_float32_exact_without_hidden_products(compiled):
-    """With zero hidden weights no product is rounded, so the fused step is float32 arithmetic alone:
+@pytest.mark.parametrize("low", [True, False], ids=["bf16", "f32"])
+def test_fused_elementwise_math_is_float32_exact_without_hidden_products(compiled, low):
+    """With zero hidden weights no product is rounded, so a fused step is float32 arithmetic alone:
     h' = lerp(h, tanh(a_n), sigmoid(a_z)) * mask, and its gradients, to a few float32 ulps."""
     gen = torch.Generator().manual_seed(2)
     B, H, sizes = 5, 48, [5, 4, 4, 2]
@@ -183,7 +218,7 @@ def test_fused_bf16_elementwise_math_is_float32_exact_without_hidden_products(co
     gates_in, h0 = torch.randn(N, 3 * H, generator=gen) * 3, torch.randn(B, H, generator=gen)
     mask = (torch.rand(N, H, generator=gen) > 0.3) / 0.7
     zeros = [torch.zeros(2 * H, H), torch.zeros(H, H)]
-    fused = _run_layer(gates_in, h0, *zeros, mask, sizes, None, True)
+    fused = _run_layer(gates_in, h0, *zeros, mask, sizes, None, low)
     exact = _run_layer(gates_in.double(), h0.double(), *(w.double() for w in zeros), mask.double(), sizes, None,
                        False)
     for name, a, b in zip(["out", "d gates_in", "d h0"], fused, exact):

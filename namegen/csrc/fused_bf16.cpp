@@ -5,11 +5,10 @@
 // a float32 buffer (each a temporary, a copy and a pass over memory). Here each step runs its two bf16
 // matmuls with ATen and everything between them in a few passes over the rows, in float32, rounding
 // to bf16 only what the next matmul reads. The math is model.py's, the rounding points are the same
-// (each product in bf16, everything else float32); what differs is that sigmoid, tanh and exp are this
-// file's polynomial rather than ATen's (against float64 over [-80, 80]: exp within 1 ulp, sigmoid within
-// 2.4 ulp as ATen's is, tanh within 9e-8 absolute where ATen's is within 3e-8), so the results agree with
-// the Python loops to float32 tolerance, not bit for bit (tests/test_recurrence.py). Built with
-// -ffp-contract=off, the vector clones (AVX-512, AVX2) and the plain one give the same bits.
+// (each product in bf16, everything else float32); what differs is that sigmoid, tanh and exp are
+// fused_math.h's polynomials rather than ATen's (as accurate: see there), so the results agree with the
+// Python loops to float32 tolerance, not bit for bit (tests/test_recurrence.py). fused_f32.cpp is its
+// float32 twin.
 //
 // Layout: as recurrence.cpp. Shapes: gates (N, 3H) = [r | z | n], rows packed by step.
 
