@@ -52,7 +52,7 @@ class RunClock(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         _, y = batch
-        self._epoch_tokens += int((y != IGNORE).sum())
+        self._epoch_tokens += (y != IGNORE).sum()  # a tensor on the batch's device: no wait for it each step
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._val_start = time.perf_counter()
@@ -68,7 +68,7 @@ class RunClock(pl.Callback):
         epoch_s = time.perf_counter() - self._epoch_start
         train_s = max(epoch_s - self._val_s, 1e-9)
         tokens = trainer.strategy.reduce(
-            torch.tensor(float(self._epoch_tokens), device=pl_module.device), reduce_op="sum"
+            torch.as_tensor(self._epoch_tokens, device=pl_module.device).float(), reduce_op="sum"
         )
         tokens = int(tokens.item())
         self.wall_s += epoch_s

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -25,7 +26,8 @@ class NamesDataModule(pl.LightningDataModule):
     resuming, found from the file otherwise; under ``"title"`` they are learned in
     lower case.
 
-    Validation runs batches of at least ``VAL_BATCH`` names: it takes no gradient, so a larger batch only
+    Validation runs batches of up to ``VAL_BATCH`` names (never fewer than ``batch_size``, and at least one
+    batch for each process): it takes no gradient, so a larger batch only
     spreads each step's fixed cost over more names (small's validation pass: about half the time at 256
     or more names a batch than at 64). val/loss is the same mean over the same names, up to the order
     of its float sums.
@@ -103,9 +105,11 @@ class NamesDataModule(pl.LightningDataModule):
     def _loader(self, dataset: NameBatches, shuffle: bool) -> torch.utils.data.DataLoader:
         trainer = getattr(self, "trainer", None)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        # validation: larger batches, but never fewer than one per process (each syncs its metric)
+        val_batch = max(self.batch_size, min(self.VAL_BATCH, math.ceil(len(dataset) / world)))
         sampler = IndexBatchSampler(
             dataset.lengths,
-            self.batch_size if shuffle else max(self.batch_size, self.VAL_BATCH),
+            self.batch_size if shuffle else val_batch,
             shuffle=shuffle,
             seed=self.seed,
             group_by_length=self.group_by_length and shuffle,
