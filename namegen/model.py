@@ -244,9 +244,9 @@ class _GRULayer(torch.autograd.Function):
     """out = layer(gates_in, h0, w_rz, w_h; mask, batch_sizes, low, hmask): one autograd node per layer."""
 
     @staticmethod
-    def forward(ctx, gates_in, h0, w_rz, w_h, mask, batch_sizes, low, hmask):
+    def forward(ctx, gates_in, h0, w_rz, w_h, mask, batch_sizes, low, hmask, own_gates=False):
         w_rz, w_h = (w if low is None else w.to(low) for w in (w_rz, w_h))  # cast once per layer
-        out, gates, q, hm = _layer_forward(gates_in, h0, w_rz, w_h, mask, batch_sizes, low, hmask)
+        out, gates, q, hm = _layer_forward(gates_in, h0, w_rz, w_h, mask, batch_sizes, low, hmask, own_gates)
         ctx.save_for_backward(h0, w_rz, w_h, mask, hmask, out, gates, q, hm)
         ctx.batch_sizes, ctx.low = batch_sizes, low
         return out
@@ -268,7 +268,7 @@ class _GRULayer(torch.autograd.Function):
         # hidden weights' gradients, batched over all N rows (the input maps' are autograd's)
         dw_rz = torch.mm(dg[:, : 2 * H].t(), hm.to(dg.dtype)).to(h0.dtype)  # (2H, H)
         dw_h = torch.mm(dg[:, 2 * H :].t(), q).to(h0.dtype)  # (H, H)
-        return dgates, dh0, dw_rz, dw_h, None, None, None, None
+        return dgates, dh0, dw_rz, dw_h, None, None, None, None, None
 
 
 def _backward_steps(dgates, acc, h0, w_rz, w_h, mask, hmask, out, gates, sizes, low):
@@ -292,7 +292,7 @@ def _backward_steps(dgates, acc, h0, w_rz, w_h, mask, hmask, out, gates, sizes, 
 
 def gru_layer(gates_in: torch.Tensor, h0: torch.Tensor, w_rz: torch.Tensor, w_h: torch.Tensor,
               mask: torch.Tensor | None = None, batch_sizes: list[int] | None = None,
-              hmask: torch.Tensor | None = None) -> torch.Tensor:
+              hmask: torch.Tensor | None = None, own_gates: bool = False) -> torch.Tensor:
     """All steps of one layer. h0: (B, H); weights as ``GRUCell.hidden_weights()``.
 
     Without ``batch_sizes``: gates_in (T, B, 3H), mask (T, B, H) -> out (T, B, H), out[-1] the
@@ -300,7 +300,8 @@ def gru_layer(gates_in: torch.Tensor, h0: torch.Tensor, w_rz: torch.Tensor, w_h:
     Same math as ``GRUCell.fused_step`` stepped over ``gates_in = GRUCell.input_projection(x)``,
     with each new state multiplied by the mask, and the state multiplied by ``hmask`` (B, H),
     one row per name (in h0's row order), where it enters the two hidden matmuls. Under
-    autocast the matmuls run in its dtype.
+    autocast the matmuls run in its dtype. ``own_gates``: gates_in is a temporary of the caller's,
+    which the layer may overwrite instead of copying (nothing else may read it afterwards).
     """
     shape = None
     if batch_sizes is None:  # (T, B, ...): every name runs every step
@@ -312,10 +313,10 @@ def gru_layer(gates_in: torch.Tensor, h0: torch.Tensor, w_rz: torch.Tensor, w_h:
     low = _autocast_dtype(gates_in.device.type)
     h0 = h0.to(w_rz.dtype)  # the state is in the parameters' dtype
     if torch.is_grad_enabled() and any(t.requires_grad for t in (gates_in, h0, w_rz, w_h)):
-        out = _GRULayer.apply(gates_in, h0, w_rz, w_h, mask, batch_sizes, low, hmask)
+        out = _GRULayer.apply(gates_in, h0, w_rz, w_h, mask, batch_sizes, low, hmask, own_gates)
     else:
         w_rz, w_h = (w if low is None else w.to(low) for w in (w_rz, w_h))
-        out = _layer_forward(gates_in, h0, w_rz, w_h, mask, batch_sizes, low, hmask)[0]
+        out = _layer_forward(gates_in, h0, w_rz, w_h, mask, batch_sizes, low, hmask, own_gates)[0]
     return out if shape is None else out.view(shape)
 
 
@@ -488,7 +489,8 @@ class GRULanguageModel(nn.Module):
             hmask = self._mask((B, self.n_hidden), self.reg.variational, h_l)  # (B, H): one mask per name
             hmask = pack.sort(hmask, 0) if pack is not None and hmask is not None else hmask
             w_rz, w_h = (self._dropped_weight(w) for w in layer.hidden_weights())  # (2H, H), (H, H)
-            x = gru_layer(gates_in, h_l, w_rz, w_h, mask, sizes, hmask)  # (N, H): feeds the next layer
+            # (N, H): feeds the next layer. gates_in is this loop's own: the layer overwrites it, no copy
+            x = gru_layer(gates_in, h_l, w_rz, w_h, mask, sizes, hmask, own_gates=True)
             h_last.append(self._final_states(x, B, lengths, pack))  # (B, H)
         logits = self.head(self.norm(self._dropped(x, self.reg.layer, T, B, pack)))  # (N, V)
         return logits, torch.stack(h_last), pack
@@ -522,12 +524,14 @@ class GRULanguageModel(nn.Module):
         """(N, width) mask for the rows of every real position, or None (eval, or p = 0).
 
         Drawn as (T, B, width) in the caller's row order whether or not padding is skipped,
-        so both paths drop the same units of the same names.
+        so both paths drop the same units of the same names; only the real positions' draws
+        are made into mask values.
         """
-        mask = self._mask((T, B, width), p, like)
-        if mask is None:
+        draws = self._draws((T, B, width), p, like)
+        if draws is None:
             return None
-        return pack.sort(mask, 1)[pack.valid] if pack is not None else mask.view(T * B, width)
+        draws = pack.sort(draws, 1)[pack.valid] if pack is not None else draws.view(T * B, width)  # (N, width)
+        return self._scaled(draws, p, like)
 
     @staticmethod
     def _final_states(x: torch.Tensor, B: int, lengths, pack) -> torch.Tensor:
@@ -546,15 +550,27 @@ class GRULanguageModel(nn.Module):
         probability is (1 - p) rounded to a multiple of 2^-16, and the scale uses that
         rounded value: E[mask] = 1 exactly.
         """
+        draws = self._draws(shape, p, like)
+        return None if draws is None else self._scaled(draws, p, like)
+
+    def _draws(self, shape: tuple, p: float, like: torch.Tensor) -> torch.Tensor | None:
+        """``_mask``'s random draws: int16 of ``shape``, uniform over [-2^15, 2^15), or None (eval, p = 0).
+        Nothing is drawn when p rounds to dropping every unit."""
         if not self.training or p == 0:
             return None
+        n = math.prod(shape)
+        if round((1 - p) * 65536) == 0:
+            return torch.zeros(shape, dtype=torch.int16, device=like.device)
+        bits = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=like.device)
+        return bits.view(torch.int16)[:n].view(shape)
+
+    @staticmethod
+    def _scaled(draws: torch.Tensor, p: float, like: torch.Tensor) -> torch.Tensor:
+        """The mask of ``_draws``: 0 or 1/keep, in like's dtype."""
         keep_units = round((1 - p) * 65536)  # keep with probability keep_units / 2^16
         if keep_units == 0:
-            return like.new_zeros(shape)
-        n = math.prod(shape)
-        bits = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=like.device)
-        u16 = bits.view(torch.int16)[:n].view(shape)  # uniform over [-2^15, 2^15)
-        keep = u16 < keep_units - 32768  # bool
+            return like.new_zeros(draws.shape)
+        keep = draws < keep_units - 32768  # bool
         return keep.to(like.dtype).mul_(65536 / keep_units)
 
     def _dropout_mask(self, T: int, B: int, like: torch.Tensor) -> torch.Tensor | None:
