@@ -26,11 +26,10 @@ class NamesDataModule(pl.LightningDataModule):
     resuming, found from the file otherwise; under ``"title"`` they are learned in
     lower case.
 
-    Validation runs batches of up to ``VAL_BATCH`` names (never fewer than ``batch_size``, and at least one
-    batch for each process): it takes no gradient, so a larger batch only
-    spreads each step's fixed cost over more names (a pass over names.txt's validation names: small 0.09
-    to 0.15 s against 0.16 s at 64 a batch). val/loss is the same mean over the same names, up to the
-    order of its float sums.
+    Validation runs batches of up to ``VAL_BATCH`` names (never fewer than ``batch_size``, and at least
+    one batch for each process): it takes no gradient, so a larger batch only spreads each step's fixed
+    cost over more names (a pass over names.txt's validation names: small 0.09 to 0.15 s against 0.16 s
+    at 64 a batch). val/loss is the same mean over the same names, up to the order of its float sums.
     """
 
     VAL_BATCH = 512
