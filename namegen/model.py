@@ -135,6 +135,15 @@ def _compiled(device: torch.device):
     return recurrence.ops()
 
 
+def _random_bits(n: int, device: torch.device) -> torch.Tensor:
+    """(n,) int64: ``torch.randint(-2**63, 2**63 - 1, (n,))`` from the default generator. On a CPU
+    namegen/csrc/draws.cpp makes them (the same numbers, the generator left in the same state, faster)."""
+    compiled = _compiled(device)
+    if compiled is not None:
+        return compiled.random_bits(n)
+    return torch.randint(-(2**63), 2**63 - 1, (n,), dtype=torch.int64, device=device)
+
+
 def _layer_forward(gates_in, h0, w_rz, w_h, mask, batch_sizes, low=None, hmask=None, own_gates=False):
     """``_layer_forward_loop``, run by compiled code where there is some -> out, gates, q, and hm (N, H): each
     row's previous state as the hidden matmuls saw it, from fused_f32.cpp (None elsewhere). recurrence.cpp
@@ -326,8 +335,9 @@ class Packing:
     ``lengths`` (B,): real positions per row (>= 1, <= T). Rows are taken longest first
     (``order``: the sorting permutation, None when already sorted). ``batch_sizes[t]`` is the
     number of rows still inside their name at step t (trailing steps with none are dropped),
-    ``valid`` (T, B) marks real positions (time-major order is the packed order) and
-    ``last`` (B,) is the packed row of each row's last real position.
+    ``valid`` (T, B) marks real positions (time-major order is the packed order),
+    ``rows`` and ``cells`` (N,) give each packed position's place in the caller's unsorted
+    (T, B, ...) and (B, T) layouts, and ``last`` (B,) is the packed row of each row's last real position.
     """
 
     def __init__(self, lengths: torch.Tensor, T: int):
@@ -345,6 +355,14 @@ class Packing:
             sizes[t] += sizes[t + 1]
         self.batch_sizes = sizes
         self.valid = torch.arange(T, device=lengths.device)[:, None] < lengths[None, :]  # (T, B)
+        # each real position (packed order) in the caller's unsorted layouts: index_select with these
+        # gathers the same values as sorting rows and masking with ``valid``, in one op
+        B = lengths.shape[0]
+        pos = self.valid.flatten().nonzero().squeeze(1)  # (N,): t * B + j, j a row in sorted order
+        t, j = pos.div(B, rounding_mode="floor"), pos.remainder(B)
+        b = j if self.order is None else self.order[j]  # (N,): the caller's row
+        self.rows = t * B + b  # (N,): its row of a (T, B, ...) time-major tensor, flattened
+        self.cells = b * T + t  # (N,): its element of a (B, T) batch, flattened
         starts = [0]
         for n in sizes[:-1]:
             starts.append(starts[-1] + n)  # packed row of step t's first name
@@ -462,7 +480,7 @@ class GRULanguageModel(nn.Module):
         if not self.skip_padding:  # padding computed (compile_model): through the (compiled) forward
             return char_nll(self(idx, lengths=lengths)[0], targets, ignore_index)[targets != ignore_index]
         logits, _, pack = self._packed_logits(idx, None, lengths)  # (N, V): one row per real position
-        return F.cross_entropy(logits.float(), pack.sort(targets, 0).t()[pack.valid], reduction="none")
+        return F.cross_entropy(logits.float(), targets.reshape(-1).index_select(0, pack.cells), reduction="none")
 
     def _packed_logits(self, idx: torch.Tensor, h: torch.Tensor | None, lengths: torch.Tensor | None):
         """The layers and the head -> (logits (N, V), h_last (n_layer, B, H), pack). With a ``Packing`` (lengths
@@ -474,8 +492,8 @@ class GRULanguageModel(nn.Module):
         pack = None
         if lengths is not None and self.skip_padding:
             pack = Packing(lengths, T)
-            idx, h = pack.sort(idx, 0), pack.sort(h, 1)
-            tokens = idx.t()[pack.valid]  # (N,): real positions, packed
+            h = pack.sort(h, 1)
+            tokens = idx.reshape(-1).index_select(0, pack.cells)  # (N,): real positions, packed
         else:
             tokens = idx.t().reshape(-1)  # (T*B,): time-major, every position
         sizes = pack.batch_sizes if pack is not None else [B] * T
@@ -530,7 +548,8 @@ class GRULanguageModel(nn.Module):
         draws = self._draws((T, B, width), p, like)
         if draws is None:
             return None
-        draws = pack.sort(draws, 1)[pack.valid] if pack is not None else draws.view(T * B, width)  # (N, width)
+        draws = draws.view(T * B, width)  # (T*B, width), time-major
+        draws = draws.index_select(0, pack.rows) if pack is not None else draws  # (N, width): real positions
         return self._scaled(draws, p, like)
 
     @staticmethod
@@ -561,8 +580,7 @@ class GRULanguageModel(nn.Module):
         n = math.prod(shape)
         if round((1 - p) * 65536) == 0:
             return torch.zeros(shape, dtype=torch.int16, device=like.device)
-        bits = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=like.device)
-        return bits.view(torch.int16)[:n].view(shape)
+        return _random_bits((n + 3) // 4, like.device).view(torch.int16)[:n].view(shape)
 
     @staticmethod
     def _scaled(draws: torch.Tensor, p: float, like: torch.Tensor) -> torch.Tensor:

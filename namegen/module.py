@@ -60,8 +60,19 @@ class NameGenModule(pl.LightningModule):
             where = "" if not finite else " on another process"
             raise self._diverged(f"train/loss is {loss.item() if not finite else 'not finite'}{where}")
         self.train_nll.update(loss.detach(), weight=nll.numel())
-        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
+        if self._writes_step_logs():
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
+
+    def _writes_step_logs(self) -> bool:
+        """Whether the Trainer writes this step's logged values: every ``log_every_n_steps``-th step, and a
+        step that stops the run. ``self.log`` costs a fair share of a small model's step (its metric object
+        is moved to the value's device on every call), so the step loss is logged only when it will be
+        written; the loggers get the same values, the progress bar's loss changes as often as they do."""
+        trainer = self._trainer
+        if trainer is None or trainer.log_every_n_steps <= 1 or trainer.should_stop:
+            return True
+        return (self.global_step + 1) % trainer.log_every_n_steps == 0
 
     def on_train_epoch_end(self) -> None:
         # compute() is already synced across processes; sync_dist=True (a mean of equal values) only

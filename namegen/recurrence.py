@@ -7,7 +7,8 @@ and the Python loops otherwise: where no C++ compiler is found, or ``NAMEGEN_COM
 ``fused_f32.cpp`` (float32) and ``fused_bf16.cpp`` (bf16 autocast) run a step with its elementwise work
 fused between its two matmuls (and the backward's chain rule inside its loop in float32): the same math
 to float32 tolerance, not the same bits. They are what training runs on a CPU; the replay is kept for
-other dtypes and as the bit-exact check of the Python loops.
+other dtypes and as the bit-exact check of the Python loops. ``draws.cpp`` makes dropout's random bits:
+torch.randint's numbers from the same generator, faster.
 
 It is built by torch's C++-extension builder (a C++ compiler and ninja) the first time it is needed,
 into namegen's cache, ``~/.cache/namegen/recurrence-<hash>`` (``NAMEGEN_CACHE_DIR`` moves it; the hash
@@ -29,8 +30,9 @@ import torch
 from namegen.config import default_cache_dir
 
 SOURCE = Path(__file__).parent / "csrc" / "recurrence.cpp"
-# one library: the replayed loops, and the fused steps in float32 and under bf16 (sharing fused_math.h)
-SOURCES = (SOURCE, SOURCE.with_name("fused_f32.cpp"), SOURCE.with_name("fused_bf16.cpp"))
+# one library: the replayed loops, the fused steps in float32 and under bf16 (sharing fused_math.h), and the
+# dropout masks' random bits
+SOURCES = (SOURCE, SOURCE.with_name("fused_f32.cpp"), SOURCE.with_name("fused_bf16.cpp"), SOURCE.with_name("draws.cpp"))
 HEADERS = (SOURCE.with_name("fused_math.h"),)
 # vectorised, with no fused multiply-adds (each vector clone rounds as the plain one) and no trap-preserving
 # branches (the bits are the same; only floating-point exception flags could differ); OpenMP for

@@ -234,3 +234,48 @@ def test_without_a_compiler_the_python_loops_run_and_say_why(tmp_path):
     assert done.returncode == 0, done.stderr
     none, why = done.stdout.strip().split(" | ")
     assert none == "True" and why.startswith("could not build recurrence.cpp"), done.stdout
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32), st.integers(0, 700), st.integers(0, 2000), st.booleans())
+def test_random_bits_are_torch_randints_numbers_and_leave_the_generator_where_it_would(compiled, seed, before, n,
+                                                                                        normal):
+    """draws.cpp's random_bits(n) is torch.randint(-2**63, 2**63 - 1, (n,)) from the default generator,
+    wherever in mt19937's 624-word blocks the generator stands, and torch's next numbers (uniform, and a
+    cached normal sample) are the same afterwards."""
+    def run(draw):
+        torch.manual_seed(seed)
+        torch.randint(0, 2**31, (before,))  # somewhere inside a block of the state
+        first = torch.randn(1) if normal else None  # a scalar randn leaves a normal sample cached
+        bits = draw(n)
+        return bits, torch.rand(7), torch.randn(1), first
+
+    ours = run(compiled.random_bits)
+    torch_s = run(lambda k: torch.randint(-(2**63), 2**63 - 1, (k,), dtype=torch.int64))
+    assert ours[0].dtype == torch.int64 and ours[0].shape == (n,)
+    for a, b in zip(ours, torch_s):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+def test_dropout_masks_are_the_same_with_and_without_the_compiled_bits(compiled, python_loops):
+    """A training step of medium (five kinds of dropout) draws the same masks, so the same loss and gradients,
+    whether draws.cpp or torch.randint makes the bits."""
+    config = load_config("medium")
+    x = torch.randint(2, 28, (16, 9), generator=torch.Generator().manual_seed(1))
+    y = x.roll(-1, 1)
+    y[8:, 6:] = IGNORE  # names of two lengths
+
+    def step():
+        torch.manual_seed(0)
+        model = GRULanguageModel.from_config(config, vocab_size=28).train()
+        loss = model.nll(x, y, IGNORE).mean()
+        loss.backward()
+        return loss, [p.grad for p in model.parameters()], torch.rand(3)
+
+    with_bits = step()
+    python_loops(True)  # the Python layer and torch.randint
+    without = step()
+    assert torch.equal(with_bits[2], without[2])  # the generator advanced alike
+    torch.testing.assert_close(with_bits[0], without[0], rtol=1e-5, atol=1e-6)  # fused vs loop: float tolerance
+    for a, b in zip(with_bits[1], without[1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

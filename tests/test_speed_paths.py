@@ -307,3 +307,24 @@ def test_training_batches_come_longest_first_and_pass_lengths():
     assert got.tolist() == lengths.tolist()
     assert pack.order is None  # already longest first: the model sorts nothing
     assert rows == nll.numel() == int(lengths.sum())  # the head and the loss ran on the real positions only
+
+
+hypothesis = pytest.importorskip("hypothesis", reason="needs Hypothesis: pip install -r requirements.txt")
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 7), min_size=1, max_size=9), st.integers(0, 2), st.integers(0, 1000))
+def test_packing_rows_and_cells_gather_what_sorting_and_masking_give(lens, extra_t, seed):
+    """Packing.rows / .cells pick, from the caller's unsorted (T, B, ...) and (B, T) tensors, exactly the values
+    that sorting the rows longest first and masking with ``valid`` pick: the packed real positions."""
+    from namegen.model import Packing
+
+    T, B = max(lens) + extra_t, len(lens)
+    pack = Packing(torch.tensor(lens), T)
+    gen = torch.Generator().manual_seed(seed)
+    tb = torch.randint(-99, 99, (T, B, 3), generator=gen)  # e.g. dropout draws, time-major
+    bt = torch.randint(-99, 99, (B, T), generator=gen)  # e.g. token ids or targets
+    assert torch.equal(tb.view(T * B, 3).index_select(0, pack.rows), pack.sort(tb, 1)[pack.valid])
+    assert torch.equal(bt.reshape(-1).index_select(0, pack.cells), pack.sort(bt, 0).t()[pack.valid])
+    assert pack.rows.numel() == sum(lens) == sum(pack.batch_sizes)

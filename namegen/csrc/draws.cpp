@@ -1,0 +1,100 @@
+// Dropout's random bits, made faster with the same numbers: random_bits(n) returns what
+// torch.randint(-2**63, 2**63 - 1, (n,), dtype=torch.int64) returns from the default CPU generator, and
+// leaves that generator where torch.randint would have left it. namegen.model draws every dropout mask
+// from these bits (four 16-bit draws from each number).
+//
+// torch makes each number by calling the generator's mt19937 twice, one call at a time through a function
+// pointer (about 2 ns a 32-bit word on this project's CPUs; medium's five dropouts draw ~1.4 ms of them a
+// step). Here the same mt19937 runs a whole block of its state at once: the state's twist and the output's
+// tempering are plain loops over arrays, which the compiler vectorises. The engine's state is read from the
+// generator and written back under the generator's lock. tests/test_draws.py holds the numbers and the
+// generator's state afterwards equal to torch's, for any seed and length.
+//
+// mt19937's stepping, as ATen's at::mt19937 (ATen/core/MT19937RNGEngine.h): a call first decrements
+// `left`; at 0 the 624-word state is twisted (left = 624, next = 0); the call returns state[next++]
+// tempered. So `left - 1` tempered words are ready before the next twist.
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <mutex>
+
+namespace {
+
+using at::Tensor;
+constexpr int N = 624, M = 397;
+constexpr uint32_t MATRIX_A = 0x9908b0dfU, UMASK = 0x80000000U, LMASK = 0x7fffffffU;
+
+#define NG_VECTOR __attribute__((target_clones("avx512f", "avx2", "default")))
+
+inline uint32_t twist(uint32_t u, uint32_t v) {  // (mix_bits(u, v) >> 1) ^ (v & 1 ? MATRIX_A : 0)
+  return (((u & UMASK) | (v & LMASK)) >> 1) ^ ((0u - (v & 1u)) & MATRIX_A);
+}
+
+// at::mt19937's next_state(): the same three loops, each free of a dependence inside a vector's width
+NG_VECTOR void twist_state(uint32_t* __restrict__ s) {
+  for (int i = 0; i < N - M; i++) s[i] = s[i + M] ^ twist(s[i], s[i + 1]);  // reads only words ahead
+  for (int i = N - M; i < N - 1; i++) s[i] = s[i + M - N] ^ twist(s[i], s[i + 1]);  // s[i-227]: done
+  s[N - 1] = s[M - 1] ^ twist(s[N - 1], s[0]);
+}
+
+// words [from, from + k) of the state, tempered, into out
+NG_VECTOR void temper(const uint32_t* __restrict__ s, uint32_t* __restrict__ out, int k) {
+  for (int i = 0; i < k; i++) {
+    uint32_t y = s[i];
+    y ^= (y >> 11);
+    y ^= (y << 7) & 0x9d2c5680U;
+    y ^= (y << 15) & 0xefc60000U;
+    y ^= (y >> 18);
+    out[i] = y;
+  }
+}
+
+// random64() is (first word << 32) | second word; randint's value is (r % (2^64 - 1)) + (-2^63)
+NG_VECTOR void to_numbers(const uint32_t* __restrict__ w, int64_t* __restrict__ out, int64_t n) {
+  for (int64_t i = 0; i < n; i++) {
+    uint64_t r = (static_cast<uint64_t>(w[2 * i]) << 32) | w[2 * i + 1];
+    r = r == UINT64_MAX ? 0 : r;
+    out[i] = static_cast<int64_t>(r ^ (uint64_t{1} << 63));  // + 2^63 modulo 2^64
+  }
+}
+
+Tensor random_bits(int64_t n) {
+  TORCH_CHECK(n >= 0, "random_bits: n must be >= 0, got ", n);
+  auto out = at::empty({n}, at::kLong);
+  auto words = at::empty({2 * n}, at::kInt);
+  auto* w = reinterpret_cast<uint32_t*>(words.data_ptr<int32_t>());
+  auto* gen = at::check_generator<at::CPUGeneratorImpl>(at::detail::getDefaultCPUGenerator());
+  std::lock_guard<std::mutex> lock(gen->mutex_);
+  at::mt19937 engine = gen->engine();
+  at::mt19937_data_pod d = engine.data();
+  int64_t need = 2 * n, done = 0;
+  while (need > 0) {
+    int64_t ready = static_cast<int64_t>(d.left_) - 1;  // tempered words left before a twist
+    if (ready == 0) {
+      twist_state(d.state_.data());
+      d.left_ = N + 1;  // as if the call that twists had not decremented it yet: N words ready
+      d.next_ = 0;
+      ready = N;
+    }
+    const int64_t k = std::min(ready, need);
+    temper(d.state_.data() + d.next_, w + done, static_cast<int>(k));
+    d.next_ += static_cast<int>(k);
+    d.left_ -= static_cast<int>(k);
+    done += k;
+    need -= k;
+  }
+  engine.set_data(d);
+  gen->set_engine(engine);
+  to_numbers(w, out.data_ptr<int64_t>(), n);
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(namegen_recurrence, m) {
+  m.def("random_bits(int n) -> Tensor");
+  m.impl("random_bits", c10::DispatchKey::CompositeExplicitAutograd, TORCH_FN(random_bits));
+}
