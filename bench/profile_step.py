@@ -80,21 +80,33 @@ def profile_size(size: str, batches: int, tmp: Path) -> list[tuple[str, float]]:
 
 
 def top_ops(size: str, batches: int) -> str:
-    """torch.profiler's top operators of forward + backward for one batch of the size's shape."""
+    """torch.profiler's top operators of forward + backward for batches of the size's shape, as training
+    computes them: its loss (``GRULanguageModel.nll``), under the precision ``namegen train`` picks here
+    (bf16 autocast for large on a bf16 CPU), gradients set to None between steps."""
     from namegen.config import load_config
     from namegen.data import IGNORE
-    from namegen.model import GRULanguageModel, char_nll
+    from namegen.model import GRULanguageModel
+    from namegen.training import default_precision
 
     config = load_config(size)
     model = GRULanguageModel.from_config(config, vocab_size=28).train()
+    bf16 = default_precision("cpu", config)[0].startswith("bf16")
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(3, config.block_size + 1, (config.batch_size,), generator=g).sort(descending=True).values
     x = torch.randint(2, 28, (config.batch_size, config.block_size), generator=g)
     y = x.roll(-1, 1).masked_fill(torch.arange(config.block_size)[None] >= lengths[:, None], IGNORE)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model.nll(x, y, IGNORE).mean()
+        loss.backward()
+
+    for _ in range(3):  # warm-up
+        step()
     with torch.profiler.profile() as prof:
         for _ in range(min(batches, 20)):
-            logits, _ = model(x, lengths=lengths)
-            char_nll(logits, y, IGNORE)[y != IGNORE].mean().backward()
+            step()
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
 
 

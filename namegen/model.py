@@ -54,15 +54,18 @@ class GRUCell(nn.Module):
         """
         return F.linear(x, *self.input_weights())
 
-    def input_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(W_in (3H, n_in), b_in (3H,)): the input maps [reset | update | candidate], gate biases folded in."""
-        weight = torch.cat([self.Wrx.weight, self.Wzx.weight, self.Wx.weight])
+    def input_weights(self, low: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W_in (3H, n_in), b_in (3H,)): the input maps [reset | update | candidate], gate biases folded in.
+
+        ``low``: W_in in that dtype (autocast's), each matrix cast before they are joined: the values
+        autocast's own cast of the joined matrix gives, with less memory traffic (b_in stays as it is)."""
+        weight = torch.cat([_cast(self.Wrx.weight, low), _cast(self.Wzx.weight, low), _cast(self.Wx.weight, low)])
         bias = torch.cat([self.Wrx.bias + self.bias_r, self.Wzx.bias + self.bias_z, self.Wx.bias])
         return weight, bias
 
-    def hidden_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(W_rz (2H, H), W_h (H, H)): the two hidden-side matmuls a step needs."""
-        return torch.cat([self.Wrh.weight, self.Wzh.weight]), self.Wh.weight
+    def hidden_weights(self, low: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W_rz (2H, H), W_h (H, H)): the two hidden-side matmuls a step needs (``low``: cast as above)."""
+        return torch.cat([_cast(self.Wrh.weight, low), _cast(self.Wzh.weight, low)]), _cast(self.Wh.weight, low)
 
     @staticmethod
     def fused_step(gx: torch.Tensor, h: torch.Tensor, w_rz: torch.Tensor, w_h: torch.Tensor) -> torch.Tensor:
@@ -72,6 +75,10 @@ class GRUCell(nn.Module):
         r, z = rz[:, :H], rz[:, H:]
         n = torch.tanh(gx[:, 2 * H :] + (r * h) @ w_h.t())  # (B, H): candidate
         return h + z * (n - h)  # == (1 - z) * h + z * n
+
+
+def _cast(w: torch.Tensor, low: torch.dtype | None) -> torch.Tensor:
+    return w if low is None else w.to(low)
 
 
 # ------------------------------------------------------------------------------- one layer, all steps
@@ -254,7 +261,8 @@ class _GRULayer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gates_in, h0, w_rz, w_h, mask, batch_sizes, low, hmask, own_gates=False):
-        w_rz, w_h = (w if low is None else w.to(low) for w in (w_rz, w_h))  # cast once per layer
+        ctx.w_dtype = w_rz.dtype  # the weights' gradients are returned in it
+        w_rz, w_h = (w if low is None else w.to(low) for w in (w_rz, w_h))  # cast once per layer (if not yet)
         out, gates, q, hm = _layer_forward(gates_in, h0, w_rz, w_h, mask, batch_sizes, low, hmask, own_gates)
         ctx.save_for_backward(h0, w_rz, w_h, mask, hmask, out, gates, q, hm)
         ctx.batch_sizes, ctx.low = batch_sizes, low
@@ -275,25 +283,26 @@ class _GRULayer(torch.autograd.Function):
         else:
             dh0, dg, hm = _backward_steps(dgates, acc, h0, w_rz, w_h, mask, hmask, out, gates, sizes, low)
         # hidden weights' gradients, batched over all N rows (the input maps' are autograd's)
-        dw_rz = torch.mm(dg[:, : 2 * H].t(), hm.to(dg.dtype)).to(h0.dtype)  # (2H, H)
-        dw_h = torch.mm(dg[:, 2 * H :].t(), q).to(h0.dtype)  # (H, H)
+        dw_rz = torch.mm(dg[:, : 2 * H].t(), hm.to(dg.dtype)).to(ctx.w_dtype)  # (2H, H)
+        dw_h = torch.mm(dg[:, 2 * H :].t(), q).to(ctx.w_dtype)  # (H, H)
         return dgates, dh0, dw_rz, dw_h, None, None, None, None, None
 
 
 def _backward_steps(dgates, acc, h0, w_rz, w_h, mask, hmask, out, gates, sizes, low):
-    """The backward's loop with its chain-rule factors computed first, for all rows: the Python loops, their
-    compiled replay, or fused_bf16.cpp. Writes dgates, returns (the grad of h0 (B, H), dgates in the weight
-    gradients' matmul dtype, hm_prev (N, H): each row's previous state as the hidden matmuls saw it)."""
+    """The backward's loop: fused_bf16.cpp (its chain-rule factors inside the loop, the same bits), else the
+    Python loops or their compiled replay with the factors computed first, for all rows. Writes dgates,
+    returns (the grad of h0 (B, H), dgates in the weight gradients' matmul dtype, hm_prev (N, H): each row's
+    previous state as the hidden matmuls saw it, in that dtype too for fused_bf16.cpp)."""
+    compiled = _compiled(out.device)
+    if compiled is not None and _fused(low, h0) == "bf16":  # also writes dg, dgates rounded to bf16
+        dg, hm_low = torch.empty_like(dgates, dtype=low), torch.empty_like(out, dtype=low)
+        dh0 = compiled.layer_backward_bf16(dgates, dg, acc, hm_low, gates, out, h0, mask, hmask, w_rz, w_h, sizes)
+        return dh0, dg, hm_low
     H = out.shape[-1]
     h_prev = _previous_states(h0, out, sizes)  # (N, H): the state each step saw
     hm_rows = None if hmask is None else torch.cat([hmask[:n] for n in sizes])  # (N, H): each row's name's mask
     hm_prev = h_prev if hmask is None else h_prev * hm_rows  # (N, H): as the hidden matmuls saw it
     factors = _chain_factors(h_prev, hm_prev, gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H :], mask)
-    compiled = _compiled(out.device)
-    if compiled is not None and _fused(low, h0) == "bf16":  # also writes dg, dgates rounded to bf16
-        dg = torch.empty_like(dgates, dtype=low)
-        dh0 = compiled.layer_backward_bf16(dgates, dg, acc, *factors, gates[:, :H], w_rz, w_h, sizes, hmask)
-        return dh0, dg, hm_prev
     loop = _backward_loop if compiled is None else compiled.layer_backward  # the same operators and bits
     dh0 = loop(dgates, acc, *factors, gates[:, :H], w_rz, w_h, sizes, low, hmask)  # (B, H): grad of h0
     return dh0, (dgates if low is None else dgates.to(low)), hm_prev
@@ -320,7 +329,8 @@ def gru_layer(gates_in: torch.Tensor, h0: torch.Tensor, w_rz: torch.Tensor, w_h:
     if not batch_sizes or batch_sizes[0] != h0.shape[0]:
         raise ValueError(f"batch_sizes {batch_sizes[:3]}...: step 0 must run all {h0.shape[0]} rows of h0")
     low = _autocast_dtype(gates_in.device.type)
-    h0 = h0.to(w_rz.dtype)  # the state is in the parameters' dtype
+    if w_rz.dtype != low:  # the state is in the parameters' dtype (weights already in autocast's: h0's own)
+        h0 = h0.to(w_rz.dtype)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (gates_in, h0, w_rz, w_h)):
         out = _GRULayer.apply(gates_in, h0, w_rz, w_h, mask, batch_sizes, low, hmask, own_gates)
     else:
@@ -497,16 +507,21 @@ class GRULanguageModel(nn.Module):
         else:
             tokens = idx.t().reshape(-1)  # (T*B,): time-major, every position
         sizes = pack.batch_sizes if pack is not None else [B] * T
+        # under autocast the weights are cast to its dtype here, piece by piece (see GRUCell.input_weights);
+        # the hidden ones only without weight drop, whose mask multiplies them before their cast
+        low = _autocast_dtype(idx.device.type)
+        low_hidden = low if not (self.training and self.reg.weight_drop > 0) else None
         h_last = []
         for i, (layer, h_l) in enumerate(zip(self.layers, h)):
             if i == 0:
                 gates_in = self._input_gates(layer, tokens, T, B, pack)  # (N, 3H)
             else:  # every step at once, from the layer below's (dropped) output
-                gates_in = F.linear(self._dropped(x, self.reg.layer, T, B, pack), *layer.input_weights())  # (N, 3H)
+                x = self._dropped(x, self.reg.layer, T, B, pack)
+                gates_in = F.linear(x, *layer.input_weights(low))  # (N, 3H)
             mask = self._position_mask(T, B, self.n_hidden, self.reg.state, h_l, pack)  # (N, H) or None
             hmask = self._mask((B, self.n_hidden), self.reg.variational, h_l)  # (B, H): one mask per name
             hmask = pack.sort(hmask, 0) if pack is not None and hmask is not None else hmask
-            w_rz, w_h = (self._dropped_weight(w) for w in layer.hidden_weights())  # (2H, H), (H, H)
+            w_rz, w_h = (self._dropped_weight(w) for w in layer.hidden_weights(low_hidden))  # (2H, H), (H, H)
             # (N, H): feeds the next layer. gates_in is this loop's own: the layer overwrites it, no copy
             x = gru_layer(gates_in, h_l, w_rz, w_h, mask, sizes, hmask, own_gates=True)
             h_last.append(self._final_states(x, B, lengths, pack))  # (B, H)

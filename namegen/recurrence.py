@@ -5,7 +5,7 @@ them is a large share of a step (most of small's). The C++ file runs the same op
 order (the same bits, tests/test_recurrence.py), so ``namegen.model`` uses it wherever it is available
 and the Python loops otherwise: where no C++ compiler is found, or ``NAMEGEN_COMPILED=0`` is set.
 ``fused_f32.cpp`` (float32) and ``fused_bf16.cpp`` (bf16 autocast) run a step with its elementwise work
-fused between its two matmuls (and the backward's chain rule inside its loop in float32): the same math
+fused between its two matmuls (and the backward's chain rule inside its loop): the same math
 to float32 tolerance, not the same bits. They are what training runs on a CPU; the replay is kept for
 other dtypes and as the bit-exact check of the Python loops. ``draws.cpp`` makes dropout's random bits:
 torch.randint's numbers from the same generator, faster.

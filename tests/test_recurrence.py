@@ -279,3 +279,35 @@ def test_dropout_masks_are_the_same_with_and_without_the_compiled_bits(compiled,
     torch.testing.assert_close(with_bits[0], without[0], rtol=1e-5, atol=1e-6)  # fused vs loop: float tolerance
     for a, b in zip(with_bits[1], without[1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 4), st.integers(2, 8), st.integers(8, 48), st.booleans(), st.booleans(), st.integers(0, 999))
+def test_fused_bf16_backward_computes_the_chain_rule_as_atens_operators(compiled, steps, names, H, with_mask,
+                                                                       with_hmask, seed):
+    """fused_bf16.cpp computes the chain rule's factors inside its loop (model._chain_factors' ATen operators
+    outside it for the Python loops). At the last step nothing has been accumulated yet, so its rows of
+    dgates must be the loops' bit for bit: the factors' arithmetic is ATen's, fused multiply-add included."""
+    g = torch.Generator().manual_seed(seed)
+    sizes = [names] * steps  # every name runs every step: the last step has all of them
+    N = names * steps
+    gates = torch.rand(N, 3 * H, generator=g)  # r | z | n in the ranges the forward leaves them
+    gates[:, 2 * H :] = gates[:, 2 * H :] * 2 - 1
+    out, h0, dout = (torch.randn(n, H, generator=g) for n in (N, names, N))
+    mask = (torch.rand(N, H, generator=g) > 0.3).float() / 0.7 if with_mask else None
+    hmask = (torch.rand(names, H, generator=g) > 0.4).float() / 0.6 if with_hmask else None
+    w_rz, w_h = torch.randn(2 * H, H, generator=g).bfloat16(), torch.randn(H, H, generator=g).bfloat16()
+
+    def last_rows(use_compiled):
+        original = model_module._compiled
+        try:
+            if not use_compiled:
+                model_module._compiled = lambda device: None
+            dgates = torch.empty(N, 3 * H)
+            model_module._backward_steps(dgates, dout.clone(), h0, w_rz, w_h, mask, hmask, out, gates, sizes,
+                                         torch.bfloat16)
+        finally:
+            model_module._compiled = original
+        return dgates[N - names :]
+
+    assert torch.equal(last_rows(True), last_rows(False))

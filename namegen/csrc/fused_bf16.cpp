@@ -56,13 +56,20 @@ NG_VECTOR void state_row(float* R g, const bf16* R p, const float* R h, const fl
   }
 }
 
-// ---- backward, one row of one step
+// ---- backward, one row of one step. The chain rule's factors (model._chain_factors) are computed here from
+// the forward's gates (r | z | n) and the previous state hp, with the arithmetic of the ATen operators that
+// model.py calls (tanh_backward: a fma(-b, b, 1); sigmoid_backward: a (1 - b) b), so the bits are the same.
 
-// da_n = dh f_n, da_z = dh f_z: into dgates (float32) and dlow (bf16, what the matmuls read)
-NG_VECTOR void grads_zn_row(const float* R dh, const float* R f_n, const float* R f_z, float* R dg, bf16* R dl,
-                            int64_t H) {
+// da_n = dh zm (1 - n n), da_z = dh (n - hp)(* m) (1 - z) z, zm = z (* m): into dgates and dlow (bf16)
+NG_VECTOR void grads_zn_row(const float* R dh, const float* R g, const float* R hp, const float* R m, float* R dg,
+                            bf16* R dl, int64_t H) {
+  const float* z = g + H;
+  const float* n = g + 2 * H;
   for (int64_t j = 0; j < H; ++j) {
-    const float a_z = dh[j] * f_z[j], a_n = dh[j] * f_n[j];
+    const float zm = m ? z[j] * m[j] : z[j];
+    const float d = m ? (n[j] - hp[j]) * m[j] : n[j] - hp[j];
+    const float a_z = dh[j] * (d * (1.0f - z[j]) * z[j]);
+    const float a_n = dh[j] * (zm * std::fma(-n[j], n[j], 1.0f));  // ATen's 1 - b b is one fused multiply-add
     dg[H + j] = a_z;
     dl[H + j] = to_bf16(a_z);
     dg[2 * H + j] = a_n;
@@ -70,20 +77,26 @@ NG_VECTOR void grads_zn_row(const float* R dh, const float* R f_n, const float* 
   }
 }
 
-// da_r = dq f_r, dq = the bf16 product dL/dq
-NG_VECTOR void grad_r_row(const bf16* R dq, const float* R f_r, float* R dg, bf16* R dl, int64_t H) {
+// da_r = dq hm (1 - r) r, dq = the bf16 product dL/dq, hm = hp (* hmask); hm_low = bf16(hm), for dW_rz
+NG_VECTOR void grad_r_row(const bf16* R dq, const float* R r, const float* R hp, const float* R hmask, float* R dg,
+                          bf16* R dl, bf16* R hm_low, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
-    const float a_r = from_bf16(dq[j]) * f_r[j];
+    const float hm = hmask ? hp[j] * hmask[j] : hp[j];
+    const float a_r = from_bf16(dq[j]) * (hm * (1.0f - r[j]) * r[j]);
     dg[j] = a_r;
     dl[j] = to_bf16(a_r);
+    hm_low[j] = to_bf16(hm);
   }
 }
 
-// the grad of the previous state: dh f_h (+ the later loss terms in prev) + (dq r + dr) (* hmask)
-NG_VECTOR void grad_prev_row(const float* R dh, const float* R f_h, const bf16* R dq, const float* R r,
-                             const bf16* R dr, const float* R hmask, float* R prev, bool accumulate, int64_t H) {
+// the grad of the previous state: dh f_h (+ the later loss terms in prev) + (dq r + dr) (* hmask),
+// f_h = 1 - z, or m - z m with state dropout
+NG_VECTOR void grad_prev_row(const float* R dh, const float* R z, const float* R m, const bf16* R dq,
+                             const float* R r, const bf16* R dr, const float* R hmask, float* R prev, bool accumulate,
+                             int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
-    const float direct = accumulate ? prev[j] + dh[j] * f_h[j] : dh[j] * f_h[j];
+    const float f_h = m ? m[j] - z[j] * m[j] : 1.0f - z[j];
+    const float direct = accumulate ? prev[j] + dh[j] * f_h : dh[j] * f_h;
     const float through = from_bf16(dq[j]) * r[j] + from_bf16(dr[j]);  // grad of hm_prev
     prev[j] = hmask ? direct + through * hmask[j] : direct + through;
   }
@@ -132,16 +145,21 @@ std::tuple<Tensor, Tensor, Tensor> layer_forward_bf16(
 }
 
 // The backward loop, last step first. Writes dgates (N, 3H) float32 and dlow (N, 3H), its bf16 rounding
-// (what the weight gradients' matmuls read), adds into acc (N, H) in place; returns the grad of h0 (B, H).
-// f_*: model._chain_factors (N, H); r: gates[:, :H]; w_rz, w_h bf16.   [the loop of _GRULayer.backward]
-Tensor layer_backward_bf16(Tensor dgates, Tensor dlow, Tensor acc, const Tensor& f_n, const Tensor& f_z,
-                           const Tensor& f_r, const Tensor& f_h, const Tensor& r, const Tensor& w_rz,
-                           const Tensor& w_h, at::IntArrayRef batch_sizes, const optional<Tensor>& hmask) {
+// (what the weight gradients' matmuls read), and hm_low (N, H): each row's previous state as the hidden
+// matmuls saw it, in bf16 (dW_rz's other operand); adds into acc (N, H) in place; returns the grad of h0
+// (B, H). gates, out: the forward's; h0 (B, H); mask (N, H), hmask (B, H) or none; w_rz, w_h bf16.
+// [the loop of _GRULayer.backward, with model._chain_factors computed inside it]
+Tensor layer_backward_bf16(Tensor dgates, Tensor dlow, Tensor acc, Tensor hm_low, const Tensor& gates,
+                           const Tensor& out, const Tensor& h0, const optional<Tensor>& mask,
+                           const optional<Tensor>& hmask, const Tensor& w_rz, const Tensor& w_h,
+                           at::IntArrayRef batch_sizes) {
   const int64_t H = acc.size(-1), B = batch_sizes.empty() ? 0 : batch_sizes[0];
   check(dgates, at::kFloat, WHO, "dgates");
   check(dlow, at::kBFloat16, WHO, "dlow");
+  check(hm_low, at::kBFloat16, WHO, "hm_low");
   check(acc, at::kFloat, WHO, "acc");
-  for (const Tensor* t : {&f_n, &f_z, &f_r, &f_h, &r}) check(*t, at::kFloat, WHO, "a chain-rule factor");
+  for (const Tensor* t : {&gates, &out, &h0}) check(*t, at::kFloat, WHO, "gates, out and h0");
+  if (mask) check(*mask, at::kFloat, WHO, "mask");
   if (hmask) check(*hmask, at::kFloat, WHO, "hmask");
   TORCH_CHECK(!hmask || hmask->is_contiguous(), WHO, ": hmask must be contiguous");
   Tensor dq_all = dlow.new_empty({B, H}), dr_all = dlow.new_empty({B, H});
@@ -151,23 +169,28 @@ Tensor layer_backward_bf16(Tensor dgates, Tensor dlow, Tensor acc, const Tensor&
   for (size_t t = 1; t < starts.size(); ++t) starts[t] = starts[t - 1] + batch_sizes[t - 1];
   for (int64_t t = static_cast<int64_t>(batch_sizes.size()) - 1; t >= 0; --t) {
     const int64_t n = batch_sizes[t], s = starts[t];
+    // row i's previous state: h0's row at step 0, else the previous step's out row
+    auto hp = [&](int64_t i) { return t > 0 ? row<float>(out, starts[t - 1] + i) : row<float>(h0, i); };
+    auto m = [&](int64_t i) { return mask ? row<float>(*mask, s + i) : nullptr; };
     over_rows(n, 2 * H, [&](int64_t i) {
-      grads_zn_row(row<float>(acc, s + i), row<float>(f_n, s + i), row<float>(f_z, s + i), row<float>(dgates, s + i),
+      grads_zn_row(row<float>(acc, s + i), row<float>(gates, s + i), hp(i), m(i), row<float>(dgates, s + i),
                    row<bf16>(dlow, s + i), H);
     });
     const Tensor dl = dlow.slice(0, s, s + n);
     Tensor dq = dq_all.slice(0, 0, n), dr = dr_all.slice(0, 0, n);
     at::mm_out(dq, dl.slice(1, 2 * H), w_h);  // (n, H) bf16: grad of q = r * hm_prev
-    over_rows(n, H, [&](int64_t i) {
-      grad_r_row(row<bf16>(dq, i), row<float>(f_r, s + i), row<float>(dgates, s + i), row<bf16>(dlow, s + i), H);
+    over_rows(n, 2 * H, [&](int64_t i) {
+      grad_r_row(row<bf16>(dq, i), row<float>(gates, s + i), hp(i), hm_rows ? hm_rows + i * H : nullptr,
+                 row<float>(dgates, s + i), row<bf16>(dlow, s + i), row<bf16>(hm_low, s + i), H);
     });
     at::mm_out(dr, dl.slice(1, 0, 2 * H), w_rz);  // (n, H) bf16: both gates' W_rz^T da_rz
     const bool accumulate = t > 0;  // into the grad of step t-1's state, which holds its own loss terms
     const int64_t ps = accumulate ? starts[t - 1] : 0;
     Tensor& prev = accumulate ? acc : dh0;
     over_rows(n, 2 * H, [&](int64_t i) {
-      grad_prev_row(row<float>(acc, s + i), row<float>(f_h, s + i), row<bf16>(dq, i), row<float>(r, s + i),
-                    row<bf16>(dr, i), hm_rows ? hm_rows + i * H : nullptr, row<float>(prev, ps + i), accumulate, H);
+      grad_prev_row(row<float>(acc, s + i), row<float>(gates, s + i) + H, m(i), row<bf16>(dq, i),
+                    row<float>(gates, s + i), row<bf16>(dr, i), hm_rows ? hm_rows + i * H : nullptr,
+                    row<float>(prev, ps + i), accumulate, H);
     });
   }
   return dh0;
@@ -179,7 +202,7 @@ TORCH_LIBRARY_FRAGMENT(namegen_recurrence, m) {
   m.def("layer_forward_bf16(Tensor gates_in, Tensor h0, Tensor w_rz, Tensor w_h, Tensor? mask, int[] batch_sizes, "
         "Tensor? hmask, bool own_gates) -> (Tensor, Tensor, Tensor)",
         &layer_forward_bf16);
-  m.def("layer_backward_bf16(Tensor(a!) dgates, Tensor(b!) dlow, Tensor(c!) acc, Tensor f_n, Tensor f_z, "
-        "Tensor f_r, Tensor f_h, Tensor r, Tensor w_rz, Tensor w_h, int[] batch_sizes, Tensor? hmask) -> Tensor",
+  m.def("layer_backward_bf16(Tensor(a!) dgates, Tensor(b!) dlow, Tensor(c!) acc, Tensor(d!) hm_low, Tensor gates, "
+        "Tensor out, Tensor h0, Tensor? mask, Tensor? hmask, Tensor w_rz, Tensor w_h, int[] batch_sizes) -> Tensor",
         &layer_backward_bf16);
 }
