@@ -16,6 +16,11 @@ inside their name):
 
 Outputs are preallocated and written with ``out=``. Prints one JSON line: epoch_s (perf_counter
 around the epoch's products), batches, gemms, gflop, dtype, threads.
+
+``--updates`` also times, in the same process after the products, the passes over the weights that the
+size's recipe makes at every step whatever the model computes: gradient clipping by norm (torch's
+``clip_grad_norm_``), the fused AdamW update and the weight average's ``lerp``, on the model's own
+float32 parameters, as many steps as batches: ``updates_s`` and ``updates_share`` (of epoch_s).
 """
 
 from __future__ import annotations
@@ -103,12 +108,38 @@ class Products:
                 self._mm(g.t(), x, self.dw_in)  # (3H, H)
 
 
+def recipe_updates_s(config, vocab_size: int, steps: int) -> float:
+    """Seconds for ``steps`` of the recipe's per-step weight passes (clipping, fused AdamW, the average)."""
+    from namegen.model import GRULanguageModel
+
+    model = GRULanguageModel.from_config(config, vocab_size)
+    params = list(model.parameters())
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-2  # norms above grad_clip: the clipping's multiply runs, as for large
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
+    average, current = [p.detach().clone() for p in params], [p.detach() for p in params]
+
+    def step():
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip or 1.0)
+        optimizer.step()
+        torch._foreach_lerp_(average, current, 1 - (config.ema_decay or 0.999))
+
+    for _ in range(3):  # warm-up
+        step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return time.perf_counter() - t0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", default="large")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     p.add_argument("--data", default=str(ROOT / "namegen" / "assets" / "names.txt"))
     p.add_argument("--limit-batches", type=int, default=None)
+    p.add_argument("--updates", action="store_true",
+                   help="also time the recipe's per-step clipping, AdamW and weight average, as many steps")
     args = p.parse_args(argv)
     sizes, vocab_size = batch_sizes_of_epoch(args.size, Path(args.data))
     sizes = sizes[: args.limit_batches] if args.limit_batches else sizes
@@ -121,8 +152,12 @@ def main(argv=None) -> int:
     for s in sizes:
         products.step(s)
     epoch_s = time.perf_counter() - t0
-    print(json.dumps({"epoch_s": epoch_s, "batches": len(sizes), "gemms": products.gemms,
-                      "gflop": products.flop / 1e9, "dtype": args.dtype, "threads": torch.get_num_threads()}))
+    result = {"epoch_s": epoch_s, "batches": len(sizes), "gemms": products.gemms, "gflop": products.flop / 1e9,
+              "dtype": args.dtype, "threads": torch.get_num_threads()}
+    if args.updates:
+        updates_s = recipe_updates_s(config, vocab_size, len(sizes))
+        result.update(updates_s=updates_s, updates_share=updates_s / epoch_s)
+    print(json.dumps(result))
     return 0
 
 
