@@ -125,8 +125,12 @@ class NameGenModule(pl.LightningModule):
         # (16-mixed needs CUDA), so they are the true ones: clip them as Lightning's plugin would.
         if gradient_clip_val and optimizer.defaults.get("fused"):
             params = [p for group in optimizer.param_groups for p in group["params"]]
-            if gradient_clip_algorithm in (None, "norm"):
-                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            if gradient_clip_algorithm in (None, "norm"):  # torch's clip_grad_norm_, in its two halves
+                total = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+                # below the limit its multiply is by exactly 1.0 (a pass over every gradient that changes
+                # nothing), so it is left out; a NaN norm still multiplies, as clip_grad_norm_ does
+                if not bool(gradient_clip_val / (total + 1e-6) >= 1.0):
+                    torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, total)
             else:
                 torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
             return

@@ -328,3 +328,29 @@ def test_packing_rows_and_cells_gather_what_sorting_and_masking_give(lens, extra
     assert torch.equal(tb.view(T * B, 3).index_select(0, pack.rows), pack.sort(tb, 1)[pack.valid])
     assert torch.equal(bt.reshape(-1).index_select(0, pack.cells), pack.sort(bt, 0).t()[pack.valid])
     assert pack.rows.numel() == sum(lens) == sum(pack.batch_sizes)
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1.0, 50.0, float("nan")])
+def test_clipping_of_a_fused_optimizer_is_torchs_clip_grad_norm_bit_for_bit(scale):
+    """NameGenModule clips a fused optimizer's gradients itself (Lightning refuses to), leaving out the multiply
+    by exactly 1.0 below the limit: the gradients are clip_grad_norm_'s, below and above it, and NaN."""
+    from namegen.config import load_config
+    from namegen.module import NameGenModule
+
+    module = NameGenModule(load_config("small"), list("abcdefghijklmnopqrstuvwxyz"))
+    params = list(module.parameters())
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(p.shape, generator=gen) * scale for p in params]
+    optimizer = torch.optim.AdamW(params, fused=True)
+
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    module.configure_gradient_clipping(optimizer, 1.0, "norm")
+    ours = [p.grad.clone() for p in params]
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    for a, b in zip(ours, (p.grad for p in params)):
+        assert torch.equal(a, b) or (a.isnan().all() and b.isnan().all())
+    if scale == 50.0:  # above the limit the gradients were scaled down
+        assert not torch.equal(ours[0], grads[0])
