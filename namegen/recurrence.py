@@ -32,7 +32,8 @@ from namegen.config import default_cache_dir
 SOURCE = Path(__file__).parent / "csrc" / "recurrence.cpp"
 # one library: the replayed loops, the fused steps in float32 and under bf16 (sharing fused_math.h), and the
 # dropout masks' random bits
-SOURCES = (SOURCE, SOURCE.with_name("fused_f32.cpp"), SOURCE.with_name("fused_bf16.cpp"), SOURCE.with_name("draws.cpp"))
+SOURCES = (SOURCE, SOURCE.with_name("fused_f32.cpp"), SOURCE.with_name("fused_bf16.cpp"),
+           SOURCE.with_name("draws.cpp"))
 HEADERS = (SOURCE.with_name("fused_math.h"),)
 # vectorised, with no fused multiply-adds (each vector clone rounds as the plain one) and no trap-preserving
 # branches (the bits are the same; only floating-point exception flags could differ); OpenMP for

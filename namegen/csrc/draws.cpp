@@ -14,20 +14,17 @@
 // `left`; at 0 the 624-word state is twisted (left = 624, next = 0); the call returns state[next++]
 // tempered. So `left - 1` tempered words are ready before the next twist.
 
-#include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/library.h>
 
-#include <cstdint>
 #include <mutex>
+
+#include "fused_math.h"  // NG_VECTOR
 
 namespace {
 
-using at::Tensor;
-constexpr int N = 624, M = 397;
-constexpr uint32_t MATRIX_A = 0x9908b0dfU, UMASK = 0x80000000U, LMASK = 0x7fffffffU;
-
-#define NG_VECTOR __attribute__((target_clones("avx512f", "avx2", "default")))
+using at::LMASK, at::MATRIX_A, at::UMASK, at::Tensor;  // mt19937's constants, as ATen names them
+constexpr int N = at::MERSENNE_STATE_N, M = at::MERSENNE_STATE_M;
 
 inline uint32_t twist(uint32_t u, uint32_t v) {  // (mix_bits(u, v) >> 1) ^ (v & 1 ? MATRIX_A : 0)
   return (((u & UMASK) | (v & LMASK)) >> 1) ^ ((0u - (v & 1u)) & MATRIX_A);
