@@ -3,6 +3,7 @@ own recipe reaches, and how long the notebook takes to get there.
 
     python bench/time_to_quality.py --size small        # about 5 minutes on a 2-core CPU
     python bench/time_to_quality.py --size medium       # about 20 minutes
+    python bench/time_to_quality.py --size large --patience 5   # stops the notebook 5 epochs past its best
 
 1. The notebook: its data preparation (batch 64, the 80/20 split with namegen's seed 42), its model and
    optimizer for the size, and its epochs (small 35, medium 40, large 60), each its training pass and its
@@ -10,7 +11,9 @@ own recipe reaches, and how long the notebook takes to get there.
    the model is scored, off the clock, as namegen scores its own: mean NLL per character of the
    validation names, end token and first letter included (``namegen.evaluate.evaluate_nll`` on the model
    as ``namegen`` imports a notebook .pth). Its best score is the quality to reach; its time is its clock
-   at the end of the epoch that first reached it.
+   at the end of the epoch that first reached it. With ``--patience K`` the notebook stops once K epochs in
+   a row have not improved on its best (its recipe keeps a constant learning rate, and a model that has
+   begun to overfit it rarely comes back); the row then says how many of the recipe's epochs ran.
 2. namegen: ``python train.py --model SIZE`` with its defaults, timed from the process's start to the
    epoch line whose val/loss first reaches that score; the run is then stopped (Ctrl-C).
 
@@ -45,8 +48,9 @@ EPOCHS = {"small": 35, "medium": 40, "large": 60}  # the notebook's recipes (cel
 SPLIT_SEED = 42
 
 
-def notebook_run(size: str, data: Path, epochs: int, log) -> dict:
-    """The notebook's recipe, epoch by epoch: its clock and namegen's score of its model after each."""
+def notebook_run(size: str, data: Path, epochs: int, log, patience: int | None = None) -> dict:
+    """The notebook's recipe, epoch by epoch: its clock and namegen's score of its model after each; with
+    ``patience``, until that many epochs in a row have not improved on the best."""
     start = time.perf_counter()
     train_loader, val_loader, _, _ = nb.prepare_data(data, batch_size=64, random_state=SPLIT_SEED)
     model, optimizer, loss_fn = nb.make_model(size, torch.device("cpu"))
@@ -62,9 +66,13 @@ def notebook_run(size: str, data: Path, epochs: int, log) -> dict:
         loaded, _ = from_notebook(saved, Path(f"{size}-epoch{epoch}.pth"))
         scores.append((evaluate_nll(loaded, val_names, progress=False).nll, clock))
         log(f"notebook {size} epoch {epoch}: {scores[-1][0]:.4f} at {clock:.1f}s")
+        since_best = epoch - 1 - min(range(epoch), key=lambda i: scores[i][0])
+        if patience is not None and since_best >= patience:
+            log(f"notebook {size}: {patience} epochs without improvement; stopped at epoch {epoch} of {epochs}")
+            break
     best = min(s for s, _ in scores)
     epoch, (score, seconds) = next((i + 1, s) for i, s in enumerate(scores) if s[0] == best)
-    return {"best": score, "epoch": epoch, "seconds": seconds, "epochs": len(scores)}
+    return {"best": score, "epoch": epoch, "seconds": seconds, "epochs": epochs, "ran": len(scores)}
 
 
 def namegen_run(size: str, data: Path, target: float, log) -> dict:
@@ -96,6 +104,8 @@ def main(argv=None) -> int:
     p.add_argument("--size", choices=tuple(EPOCHS), required=True)
     p.add_argument("--data", default=str(ROOT / "namegen" / "assets" / "names.txt"))
     p.add_argument("--epochs", type=int, default=None, help="the notebook's epochs (default: its recipe's); a smoke run")
+    p.add_argument("--patience", type=int, default=None,
+                   help="stop the notebook after this many epochs in a row without a new best (default: run them all)")
     args = p.parse_args(argv)
     data = Path(args.data).resolve()
 
@@ -103,13 +113,14 @@ def main(argv=None) -> int:
         print(line, file=sys.stderr, flush=True)
 
     load_before = os.getloadavg()
-    nbk = notebook_run(args.size, data, args.epochs or EPOCHS[args.size], log)
+    nbk = notebook_run(args.size, data, args.epochs or EPOCHS[args.size], log, args.patience)
     ng = namegen_run(args.size, data, nbk["best"], log)
     load_after = os.getloadavg()
     reached = (f"{ng['seconds']:.0f} s (epoch {ng['epoch']}, {ng['val_loss']:.4f})" if ng["seconds"] is not None
                else "not reached")
     speedup = f"{nbk['seconds'] / ng['seconds']:.1f}x" if ng["seconds"] else "n/a"
-    print(f"| {args.size} | {nbk['best']:.4f} (epoch {nbk['epoch']} of {nbk['epochs']}) | {nbk['seconds']:.0f} s "
+    ran = f"; {nbk['ran']} run, stopped {args.patience} past the best" if nbk["ran"] < nbk["epochs"] else ""
+    print(f"| {args.size} | {nbk['best']:.4f} (epoch {nbk['epoch']} of {nbk['epochs']}{ran}) | {nbk['seconds']:.0f} s "
           f"| {reached} | {speedup} |")
     print(json.dumps({"size": args.size, "notebook": nbk, "namegen": ng, "load_before": load_before,
                       "load_after": load_after, "torch": torch.__version__, "threads": torch.get_num_threads()}))

@@ -12,7 +12,7 @@ import torch
 
 from namegen.checkpoint import LoadedModel, from_checkpoint_dict, read_checkpoint
 from namegen.config import LIMITS
-from namegen.data import IGNORE, TITLE, encode_names, find_training_file, read_names, shown
+from namegen.data import IGNORE, TITLE, encode_names, find_training_file, read_names, shown_all
 from namegen.errors import DeviceUnavailable, UserError
 from namegen.model import char_nll
 from namegen.notebook import from_notebook, is_notebook_checkpoint
@@ -111,12 +111,12 @@ class NameGenerator:
         ``exclude`` (e.g. ``training_names()``) drops names in a set; both
         resample in bounded rounds, at most ``max_draws`` draws in all (default
         ``20 * n + 1000``), and raise ``NotEnoughNames`` (which carries what was
-        found in ``.found``) when that is not enough.
+        found in ``.found``, as ``(name, None)`` pairs) when that is not enough.
         """
-        return [name for name, _ in self.sample_with_logprob(
-            n, temperature=temperature, top_k=top_k, prefix=prefix, seed=seed, max_len=max_len,
+        return self._sample(
+            n, False, temperature=temperature, top_k=top_k, prefix=prefix, seed=seed, max_len=max_len,
             min_len=min_len, unique=unique, exclude=exclude, max_draws=max_draws, batch_size=batch_size,
-        )]
+        )[0]
 
     def sample_with_logprob(
         self,
@@ -135,6 +135,16 @@ class NameGenerator:
     ) -> list[tuple[str, float]]:
         """Like ``sample``, with each name's log-probability under the model (nats,
         temperature 1, prefix and end token included)."""
+        names, logprobs = self._sample(
+            n, True, temperature=temperature, top_k=top_k, prefix=prefix, seed=seed, max_len=max_len,
+            min_len=min_len, unique=unique, exclude=exclude, max_draws=max_draws, batch_size=batch_size,
+        )
+        return list(zip(names, logprobs))
+
+    def _sample(self, n: int, scored: bool, *, temperature, top_k, prefix, seed, max_len, min_len, unique, exclude,
+                max_draws, batch_size) -> tuple[list[str], list[float] | None]:
+        """The names and their log-probabilities; with ``scored=False`` the same names and None: no
+        log-probabilities are computed (``sample`` needs none)."""
         max_len = self.block_size if max_len is None else max_len
         typed, prefix = prefix, self.learned_form(prefix)
         self._check(n, temperature, top_k, prefix, max_len, min_len)
@@ -142,7 +152,7 @@ class NameGenerator:
         generator.manual_seed(seed if seed is not None else int(torch.seed() % (2**63)))
         noise = Noise(generator, self.device, ahead=True)  # the generator serves these draws only
 
-        def draw(k: int) -> list[tuple[str, float]]:
+        def draw(k: int) -> tuple[list[str], list[float] | None]:
             ids, _, logprob = sample_rows(
                 self.model,
                 k,
@@ -154,19 +164,23 @@ class NameGenerator:
                 start_token=self.start_token,
                 device=self.device,
                 noise=noise,
+                scored=scored,
             )
-            names = [shown(name, self.case) for name in self.vocab.decode_rows(ids)]
+            names = shown_all(self.vocab.decode_rows(ids), self.case)
             if typed != prefix:  # names start with the prefix as it was typed
                 names = [typed + name[len(typed):] for name in names]
-            return list(zip(names, logprob.tolist()))
+            return names, logprob.tolist() if scored else None
 
         try:
             if not unique and exclude is None:
-                out: list[tuple[str, float]] = []
+                names, logprobs = [], [] if scored else None
                 for start in range(0, n, batch_size):
-                    out.extend(draw(min(batch_size, n - start)))
-                return out
-            return _draw_filtered(draw, n, unique, exclude or set(), max_draws, batch_size)
+                    got, scores = draw(min(batch_size, n - start))
+                    names += got
+                    if scored:
+                        logprobs += scores
+                return names, logprobs
+            return _draw_filtered(draw, n, unique, exclude or set(), max_draws, batch_size, scored)
         finally:
             noise.close()
 
@@ -218,10 +232,11 @@ class NameGenerator:
             raise UserError(f"max_len is at most {LIMITS['block_size']}, got {max_len}", about="max_len")
 
 
-def _draw_filtered(draw, n: int, unique: bool, exclude: set[str], max_draws: int | None,
-                   batch_size: int) -> list[tuple[str, float]]:
-    """``n`` names from ``draw(k)``, dropping repeats (``unique``) and names in ``exclude``, in bounded
-    rounds: at most ``max_draws`` draws (default ``20 * n + 1000``), else NotEnoughNames."""
+def _draw_filtered(draw, n: int, unique: bool, exclude: set[str], max_draws: int | None, batch_size: int,
+                   scored: bool) -> tuple[list[str], list[float] | None]:
+    """``n`` names (and log-probabilities, ``scored``) from ``draw(k)``, dropping repeats (``unique``) and
+    names in ``exclude``, in bounded rounds: at most ``max_draws`` draws (default ``20 * n + 1000``), else
+    NotEnoughNames, whose ``found`` holds (name, log-probability or None) pairs."""
     limit = max_draws if max_draws is not None else 20 * n + 1000
     if limit < n:
         raise UserError(f"max_draws must be at least n ({n}), got {limit}", about="max_draws")
@@ -230,7 +245,8 @@ def _draw_filtered(draw, n: int, unique: bool, exclude: set[str], max_draws: int
     while len(out) < n and draws < limit:
         k = min(batch_size, limit - draws, max(2 * (n - len(out)), 256))
         draws += k
-        for name, lp in draw(k):
+        names, logprobs = draw(k)
+        for name, lp in zip(names, logprobs if scored else [None] * len(names)):
             if name in exclude or (unique and name in seen):
                 continue
             seen.add(name)
@@ -245,7 +261,8 @@ def _draw_filtered(draw, n: int, unique: bool, exclude: set[str], max_draws: int
             "ask for fewer, or loosen max_len/min_len/prefix/top_k/temperature",
             found=out,
         )
-    return out
+    names = [name for name, _ in out]
+    return names, [lp for _, lp in out] if scored else None
 
 
 class NotEnoughNames(UserError):

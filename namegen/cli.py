@@ -352,21 +352,23 @@ def sample_command(args: argparse.Namespace) -> int:
     if gen.loaded.from_notebook:
         print(START_NOTE.format(path=path, model_class=gen.meta["source"]["model_class"]), file=sys.stderr)
     known = _known_names(gen, args)
-    status, shortfall = 0, None
+    status, shortfall, scored = 0, None, args.format == "json"
     try:
-        found = gen.sample_with_logprob(
+        draw = gen.sample_with_logprob if scored else gen.sample  # text needs no log-probabilities
+        found = draw(
             args.num, temperature=args.temperature, top_k=args.top_k, prefix=args.prefix, seed=args.seed,
             max_len=args.max_len, min_len=args.min_len, unique=args.unique,
             exclude=known if args.new_only else None,
         )
     except NotEnoughNames as exc:
-        found, shortfall, status = exc.found, error_line(exc, "sample", args), 1
-    if args.format == "json":
+        found = exc.found if scored else [name for name, _ in exc.found]  # (name, log-probability) pairs
+        shortfall, status = error_line(exc, "sample", args), 1
+    if scored:
         lines = [json.dumps({"name": name, "logprob": round(lp, 6),
                              "is_new": None if known is None else name not in known}) for name, lp in found]
     else:
-        lines = [name for name, _ in found]
-    sys.stdout.write("".join(f"{line}\n" for line in lines))
+        lines = found
+    sys.stdout.write("\n".join(lines) + "\n" if lines else "")
     if shortfall:
         sys.stdout.flush()
         print(shortfall, file=sys.stderr)

@@ -156,6 +156,11 @@ def shown(name: str, case: str) -> str:
     return capitalise(name) if case == TITLE else name
 
 
+def shown_all(names: list[str], case: str) -> list[str]:
+    """``shown`` of each name (the list itself when nothing changes)."""
+    return [capitalise(name) for name in names] if case == TITLE else names
+
+
 # ---------------------------------------------------------------------------- vocabulary
 
 
@@ -191,12 +196,14 @@ class Vocab:
 
     def decode_rows(self, ids: torch.Tensor) -> list[str]:
         """``decode`` of every row of ids (n, L), padding (0) after each name: one pass over all of them."""
-        if len(self) > 256:
+        if len(self) > 255:
             return [self.decode(row) for row in ids.tolist()]
-        width = ids.shape[1]
-        text = ids.to(torch.uint8).numpy().tobytes().decode("latin-1")  # one character per id
-        table = {i: self.itos.get(i) for i in range(len(self))}  # ids to characters; padding and '.' to nothing
-        return [text[i : i + width].translate(table) for i in range(0, len(text), width)]
+        # one character per id, each row closed by id 255 ("\n", which no vocabulary holds): one translate
+        # and one split for all the rows
+        ends = torch.full((ids.shape[0], 1), 255, dtype=torch.uint8)
+        text = torch.cat([ids.to(torch.uint8), ends], dim=1).numpy().tobytes().decode("latin-1")
+        table = {i: self.itos.get(i) for i in range(len(self))} | {255: "\n"}  # padding and '.' to nothing
+        return text.translate(table).split("\n")[:-1]
 
     def unknown_chars(self, text: str) -> list[str]:
         return sorted(set(text) - set(self.stoi))

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import torch.nn.functional as F
 
+from namegen import recurrence
 from namegen.data import END, PAD
 from namegen.model import GRULanguageModel, _autocast_dtype, _layer_forward_loop
 
@@ -39,8 +40,10 @@ def sample_rows(
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
     noise: Noise | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sample ``n`` names: (ids (n, max_len), 0 after each name's end; lengths (n,); log-probabilities (n,)).
+    scored: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Sample ``n`` names: (ids (n, max_len), 0 after each name's end; lengths (n,); log-probabilities (n,),
+    or None with ``scored=False``, which leaves them out: the same names, a pass over the logits less a step).
 
     ``min_len``/``max_len`` count characters, prefix included: the end token is
     masked out until ``min_len`` is reached, and a name that reaches
@@ -55,32 +58,34 @@ def sample_rows(
     h = list(model.init_hidden(n, device))  # n_layer x (m, H), m = names still going
     token = torch.full((n,), start_token, dtype=torch.long, device=device)  # (m,)
     rows = torch.arange(n, device=device)  # (m,): which of the n names each live row is
-    logprob = torch.zeros(n, device=device)
+    logprob = torch.zeros(n, device=device) if scored else None
     out = torch.zeros(n, max_len, dtype=torch.long, device=device)  # (n, max_len) character ids
     length = torch.zeros(n, dtype=torch.long, device=device)
 
     for t in range(max_len + 1):
         logits, h = step(token, h)  # logits: (m, V), h: n_layer x (m, H)
-        logp = torch.log_softmax(logits.float(), dim=-1)  # (m, V)
+        logp = torch.log_softmax(logits.float(), dim=-1) if scored else None  # (m, V)
         m = rows.numel()
         if t < len(prefix_ids):  # forced: condition the state on the prefix
             nxt = torch.full((m,), prefix_ids[t], dtype=torch.long, device=device)
         else:
             nxt = _draw(logits, t, max_len, min_len, temperature, top_k, noise)  # (m,)
-        logprob.index_add_(0, rows, logp.gather(1, nxt[:, None]).squeeze(1))
+        if scored:
+            logprob.index_add_(0, rows, logp.gather(1, nxt[:, None]).squeeze(1))
         going = nxt != END  # (m,)
         if t < max_len:
             out[rows, t] = torch.where(going, nxt, 0)
         length.index_add_(0, rows, going.long())
         if not going.all():  # finished names leave the batch: later steps run only the rest
             keep = going.nonzero().squeeze(1)  # (m',)
-            rows, nxt, h = rows[keep], nxt[keep], [h_l[keep] for h_l in h]
+            rows, nxt = rows.index_select(0, keep), nxt.index_select(0, keep)
+            h = [h_l.index_select(0, keep) for h_l in h]
             if rows.numel() == 0:
                 break
         token = nxt
 
     model.train(was_training)
-    return out.cpu(), length.cpu(), logprob.cpu()
+    return out.cpu(), length.cpu(), logprob.cpu() if scored else None
 
 
 class Noise:
@@ -96,26 +101,38 @@ class Noise:
 
     def __init__(self, generator: torch.Generator | None, device: torch.device | str = "cpu", ahead: bool = False):
         self.generator, self.device = generator, torch.device(device)
+        self._compiled = recurrence.built() if self.device.type == "cpu" else None
         self.ahead = ahead and generator is not None and self.device.type == "cpu"
         self._buf, self._pos = torch.empty(0), 0
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="namegen-noise") if self.ahead else None
         self._next = self._pool.submit(self._block) if self._pool else None
 
+    def _numbers(self, n: int) -> torch.Tensor:
+        """The stream's next n numbers, (n,) float32: torch's exponential_, or on a CPU namegen/csrc/draws.cpp
+        where it is built already (the same numbers, the generator left in the same state; faster)."""
+        if self._compiled is not None:
+            return self._compiled.exponential(n, self.generator)
+        return torch.empty(n, device=self.device).exponential_(generator=self.generator)
+
     def _block(self) -> torch.Tensor:
-        return torch.empty(self.BLOCK).exponential_(generator=self.generator)
+        return self._numbers(self.BLOCK)
 
     def exponential(self, shape: tuple[int, int]) -> torch.Tensor:
         """Fresh Exp(1) numbers of ``shape`` (float32), the next ones of the stream."""
         if not self.ahead:
-            return torch.empty(shape, device=self.device).exponential_(generator=self.generator)
+            return self._numbers(math.prod(shape)).view(shape)
         k = math.prod(shape)
-        while self._buf.numel() - self._pos < k:
+        if self._buf.numel() - self._pos >= k:  # within the block at hand: a view, no copy
+            self._pos += k
+            return self._buf[self._pos - k : self._pos].view(shape)
+        pieces, k = [self._buf[self._pos :]], k - (self._buf.numel() - self._pos)
+        while k > 0:  # the rest from the next blocks: only the numbers used are copied
             block, self._next = self._next.result(), None
             self._next = self._pool.submit(self._block)
-            self._buf, self._pos = torch.cat([self._buf[self._pos :], block]), 0
-        out = self._buf[self._pos : self._pos + k].view(shape)
-        self._pos += k
-        return out
+            self._buf, self._pos = block, min(k, block.numel())
+            pieces.append(block[: self._pos])
+            k -= self._pos
+        return torch.cat(pieces).view(shape)
 
     def close(self) -> None:
         if self._pool is not None:

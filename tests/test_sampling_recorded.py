@@ -60,6 +60,19 @@ def test_a_seed_samples_the_recorded_names(model_name, case):
     assert got["logprob"] == pytest.approx(recorded["logprob"], rel=1e-5, abs=2e-5)
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_unscored_sampling_draws_the_same_names(case):
+    """``scored=False`` (what ``sample`` and text output use) leaves out the log-probabilities, not a draw."""
+    from namegen.sampling import sample_rows
+
+    model = model_for("three-layers-norm")
+    kwargs = CASES[case]
+    scored = sample_rows(model, 600, generator=torch.Generator().manual_seed(7), **kwargs)
+    ids, length, logprob = sample_rows(model, 600, generator=torch.Generator().manual_seed(7), scored=False,
+                                       **kwargs)
+    assert logprob is None and torch.equal(ids, scored[0]) and torch.equal(length, scored[1])
+
+
 def _record() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip()
@@ -102,3 +115,33 @@ def test_decode_rows_is_decode_of_each_row():
     vocab = Vocab(list("abcçdéжz"))
     ids = torch.tensor([[2, 3, 4, 0, 0], [9, 8, 7, 6, 5], [1, 0, 0, 0, 0], [6, 2, 1, 0, 0]])
     assert vocab.decode_rows(ids) == [vocab.decode(row) for row in ids.tolist()] == ["abc", "zжédç", "", "da"]
+
+
+def test_sample_and_sample_with_logprob_give_the_same_names():
+    gen = _generator_for("one-layer")
+    pairs = gen.sample_with_logprob(3000, seed=5, top_k=9, batch_size=1200)
+    assert gen.sample(3000, seed=5, top_k=9, batch_size=1200) == [name for name, _ in pairs]
+
+
+hypothesis = pytest.importorskip("hypothesis", reason="needs Hypothesis: pip install -r requirements.txt")
+from hypothesis import example, given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([1, 2, 26, 100, 252, 253, 254, 300]), st.integers(0, 0x4000), st.integers(0, 40),
+       st.integers(0, 16), st.integers(0, 2**31))
+@example(253, 0, 4, 5, 0).via("the largest vocabulary whose ids and row end fit a byte")
+@example(254, 0, 4, 5, 0).via("the smallest that does not")
+def test_decode_rows_is_decode_of_each_row_for_any_vocabulary(size, first, n, width, seed):
+    """Any vocabulary size (beyond 253 characters too, where ids no longer fit a byte), rows ending early in
+    padding."""
+    from namegen.data import Vocab
+
+    vocab = Vocab([chr(0x100 + first + i) for i in range(size)])  # distinct, none of '.', '\n', NUL
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, len(vocab), (n, width), generator=gen)  # '.' and characters
+    ends = torch.randint(0, width + 1, (n, 1), generator=gen)
+    ids = ids.masked_fill(torch.arange(width)[None, :] >= ends, 0)  # padding after each row's end
+    if n and width:
+        ids[0, 0] = len(vocab) - 1  # the largest id always among them
+    assert vocab.decode_rows(ids) == [vocab.decode(row) for row in ids.tolist()]

@@ -2,9 +2,12 @@
 
 import pytest
 import torch
-from torch.func import functional_call
 
-from namegen.model import GRUCell, GRULanguageModel, compile_model, gru_layer
+hypothesis = pytest.importorskip("hypothesis", reason="needs Hypothesis: pip install -r requirements.txt")
+from hypothesis import given, settings, strategies as st  # noqa: E402
+from torch.func import functional_call  # noqa: E402
+
+from namegen.model import GRUCell, GRULanguageModel, compile_model, gru_layer  # noqa: E402
 
 
 def _layer_inputs(T=4, B=3, n_in=5, H=6, seed=0):
@@ -176,6 +179,27 @@ def test_sampling_bookkeeping_when_finished_names_leave_the_batch():
             assert lp == pytest.approx(expected, abs=1e-5)  # sampling sums in float32
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from([7, 100, 1024]), st.lists(st.tuples(st.integers(0, 300), st.integers(1, 28)), min_size=1,
+                                                  max_size=12), st.integers(0, 2**31))
+def test_noise_made_ahead_in_blocks_is_the_stream_drawn_shape_by_shape(block, shapes, seed):
+    """Sampling's random numbers made a block ahead on a second thread, requests crossing block ends (some
+    longer than a block), are the numbers each request would draw from the generator itself."""
+    from namegen.sampling import Noise
+
+    class SmallBlocks(Noise):
+        BLOCK = block
+
+    ahead = SmallBlocks(torch.Generator().manual_seed(seed), ahead=True)
+    direct = Noise(torch.Generator().manual_seed(seed))
+    try:
+        for shape in shapes:
+            got = ahead.exponential(shape).clone()  # clone: the caller may overwrite what it is given
+            assert torch.equal(got, direct.exponential(shape))
+    finally:
+        ahead.close()
+
+
 # ------------------------------------------------------------------------ no compute on padding
 
 
@@ -307,10 +331,6 @@ def test_training_batches_come_longest_first_and_pass_lengths():
     assert got.tolist() == lengths.tolist()
     assert pack.order is None  # already longest first: the model sorts nothing
     assert rows == nll.numel() == int(lengths.sum())  # the head and the loss ran on the real positions only
-
-
-hypothesis = pytest.importorskip("hypothesis", reason="needs Hypothesis: pip install -r requirements.txt")
-from hypothesis import given, settings, strategies as st  # noqa: E402
 
 
 @settings(max_examples=60, deadline=None)

@@ -1,7 +1,9 @@
-// Dropout's random bits, made faster with the same numbers: random_bits(n) returns what
+// Random numbers made faster, the same numbers: random_bits(n) returns what
 // torch.randint(-2**63, 2**63 - 1, (n,), dtype=torch.int64) returns from the default CPU generator, and
 // leaves that generator where torch.randint would have left it. namegen.model draws every dropout mask
-// from these bits (four 16-bit draws from each number).
+// from these bits (four 16-bit draws from each number). exponential(n, generator) returns what
+// torch.empty(n).exponential_(generator=generator) returns, and leaves the generator likewise: sampling's
+// draws (namegen.sampling.Noise).
 //
 // torch makes each number by calling the generator's mt19937 twice, one call at a time through a function
 // pointer (about 2 ns a 32-bit word on this project's CPUs; medium's five dropouts draw ~1.4 ms of them a
@@ -17,7 +19,9 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <mutex>
+#include <optional>
 
 #include "fused_math.h"  // NG_VECTOR
 
@@ -58,16 +62,23 @@ NG_VECTOR void to_numbers(const uint32_t* __restrict__ w, int64_t* __restrict__ 
   }
 }
 
-Tensor random_bits(int64_t n) {
-  TORCH_CHECK(n >= 0, "random_bits: n must be >= 0, got ", n);
-  auto out = at::empty({n}, at::kLong);
-  auto words = at::empty({2 * n}, at::kInt);
-  auto* w = reinterpret_cast<uint32_t*>(words.data_ptr<int32_t>());
-  auto* gen = at::check_generator<at::CPUGeneratorImpl>(at::detail::getDefaultCPUGenerator());
-  std::lock_guard<std::mutex> lock(gen->mutex_);
+// torch's exponential_ on a float tensor (ATen/native/cpu/DistributionTemplates.h, one number at a time):
+// u = (random64() & (2^53 - 1)) * 2^-53, the double -1.0 * log1p(-u) (lambda 1), rounded to float. log1p
+// is the C library's, as ATen's; only the words are made a block at a time.
+NG_VECTOR void to_uniforms(const uint32_t* __restrict__ w, double* __restrict__ out, int64_t n) {
+  constexpr uint64_t MASK = (uint64_t{1} << 53) - 1;
+  constexpr double DIVISOR = 1.0 / static_cast<double>(uint64_t{1} << 53);
+  for (int64_t i = 0; i < n; i++) {
+    const uint64_t r = (static_cast<uint64_t>(w[2 * i]) << 32) | w[2 * i + 1];
+    out[i] = static_cast<double>(r & MASK) * DIVISOR;
+  }
+}
+
+// the generator's next `count` 32-bit words into w, the generator stepped past them (hold its lock)
+void next_words(at::CPUGeneratorImpl* gen, uint32_t* w, int64_t count) {
   at::mt19937 engine = gen->engine();
   at::mt19937_data_pod d = engine.data();
-  int64_t need = 2 * n, done = 0;
+  int64_t need = count, done = 0;
   while (need > 0) {
     int64_t ready = static_cast<int64_t>(d.left_) - 1;  // tempered words left before a twist
     if (ready == 0) {
@@ -85,7 +96,37 @@ Tensor random_bits(int64_t n) {
   }
   engine.set_data(d);
   gen->set_engine(engine);
+}
+
+Tensor random_bits(int64_t n) {
+  TORCH_CHECK(n >= 0, "random_bits: n must be >= 0, got ", n);
+  auto out = at::empty({n}, at::kLong);
+  auto words = at::empty({2 * n}, at::kInt);
+  auto* w = reinterpret_cast<uint32_t*>(words.data_ptr<int32_t>());
+  auto* gen = at::check_generator<at::CPUGeneratorImpl>(at::detail::getDefaultCPUGenerator());
+  {
+    std::lock_guard<std::mutex> lock(gen->mutex_);
+    next_words(gen, w, 2 * n);
+  }
   to_numbers(w, out.data_ptr<int64_t>(), n);
+  return out;
+}
+
+Tensor exponential(int64_t n, const std::optional<at::Generator>& generator) {
+  TORCH_CHECK(n >= 0, "exponential: n must be >= 0, got ", n);
+  auto out = at::empty({n}, at::kFloat);
+  auto words = at::empty({2 * n}, at::kInt);
+  auto uniforms = at::empty({n}, at::kDouble);
+  auto* w = reinterpret_cast<uint32_t*>(words.data_ptr<int32_t>());
+  auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(generator, at::detail::getDefaultCPUGenerator());
+  {
+    std::lock_guard<std::mutex> lock(gen->mutex_);
+    next_words(gen, w, 2 * n);
+  }
+  double* u = uniforms.data_ptr<double>();
+  to_uniforms(w, u, n);
+  float* o = out.data_ptr<float>();
+  for (int64_t i = 0; i < n; i++) o[i] = static_cast<float>(-1.0 * std::log1p(-u[i]));
   return out;
 }
 
@@ -94,4 +135,6 @@ Tensor random_bits(int64_t n) {
 TORCH_LIBRARY_FRAGMENT(namegen_recurrence, m) {
   m.def("random_bits(int n) -> Tensor");
   m.impl("random_bits", c10::DispatchKey::CompositeExplicitAutograd, TORCH_FN(random_bits));
+  m.def("exponential(int n, Generator? generator) -> Tensor");
+  m.impl("exponential", c10::DispatchKey::CompositeExplicitAutograd, TORCH_FN(exponential));
 }
