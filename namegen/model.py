@@ -560,11 +560,15 @@ class GRULanguageModel(nn.Module):
         so both paths drop the same units of the same names; only the real positions' draws
         are made into mask values.
         """
+        rows = pack.rows if pack is not None else None  # (N,): the real positions' rows of (T*B, width)
+        fused = self._fused_mask(T * B, width, p, like, rows)
+        if fused is not None:
+            return fused
         draws = self._draws((T, B, width), p, like)
         if draws is None:
             return None
         draws = draws.view(T * B, width)  # (T*B, width), time-major
-        draws = draws.index_select(0, pack.rows) if pack is not None else draws  # (N, width): real positions
+        draws = draws.index_select(0, rows) if rows is not None else draws  # (N, width): real positions
         return self._scaled(draws, p, like)
 
     @staticmethod
@@ -584,8 +588,23 @@ class GRULanguageModel(nn.Module):
         probability is (1 - p) rounded to a multiple of 2^-16, and the scale uses that
         rounded value: E[mask] = 1 exactly.
         """
+        fused = self._fused_mask(math.prod(shape[:-1]), shape[-1], p, like, None)
+        if fused is not None:
+            return fused.view(shape)
         draws = self._draws(shape, p, like)
         return None if draws is None else self._scaled(draws, p, like)
+
+    def _fused_mask(self, n_rows: int, width: int, p: float, like: torch.Tensor, rows) -> torch.Tensor | None:
+        """``_scaled(_draws(...))`` of an (n_rows, width) mask, its rows ``rows`` (all when None), made in one
+        pass by namegen/csrc/draws.cpp: the same draws and values. None where that does not apply (eval, p = 0,
+        p dropping every unit, a dtype other than float32, no compiled code): the caller makes the mask."""
+        keep_units = round((1 - p) * 65536)
+        if not self.training or p == 0 or keep_units == 0 or like.dtype != torch.float32:
+            return None
+        compiled = _compiled(like.device)
+        if compiled is None:
+            return None
+        return compiled.dropout_mask(n_rows, width, keep_units, 65536 / keep_units, rows)
 
     def _draws(self, shape: tuple, p: float, like: torch.Tensor) -> torch.Tensor | None:
         """``_mask``'s random draws: int16 of ``shape``, uniform over [-2^15, 2^15), or None (eval, p = 0).
@@ -603,6 +622,8 @@ class GRULanguageModel(nn.Module):
         keep_units = round((1 - p) * 65536)  # keep with probability keep_units / 2^16
         if keep_units == 0:
             return like.new_zeros(draws.shape)
+        if keep_units == 65536:  # p below 2^-17: every unit kept (the threshold 2^15 is out of int16's range)
+            return like.new_ones(draws.shape)
         keep = draws < keep_units - 32768  # bool
         return keep.to(like.dtype).mul_(65536 / keep_units)
 

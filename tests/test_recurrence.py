@@ -282,6 +282,41 @@ def test_exponential_is_torchs_over_millions_of_numbers(compiled):
     assert torch.equal(ours, theirs) and float(ours.max()) > 12 and float(ours.min()) < 1e-5
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 9), min_size=1, max_size=3), st.sampled_from([1e-6, 0.02389, 0.5, 0.99, 0.99999]),
+       st.integers(0, 2**31), st.booleans(), st.data())
+def test_dropout_mask_is_the_three_operators_mask(compiled, shape, p, seed, position, data):
+    """draws.cpp's dropout_mask gives _mask's and _position_mask's values (every p: one that keeps every unit,
+    one that keeps 1 in 2^16), from the same draws, with the generator left in the same state."""
+    from types import SimpleNamespace
+
+    model = GRULanguageModel(vocab_size=5, n_layer=1, n_embd=2, n_hidden=3).train()
+    like = torch.empty(0)
+    if position:  # (T, B, width) drawn, the rows of real positions picked, in any order
+        T, B, width = (shape + [2, 3])[:3]
+        rows = data.draw(st.lists(st.integers(0, T * B - 1), unique=True, max_size=T * B))
+        pack = SimpleNamespace(rows=torch.tensor(rows, dtype=torch.long))
+        make = lambda: model._position_mask(T, B, width, p, like, pack)  # noqa: E731
+    else:
+        make = lambda: model._mask(tuple(shape), p, like)  # noqa: E731
+
+    def masks():
+        torch.manual_seed(seed)
+        return make(), torch.rand(3)
+
+    assert model._fused_mask(2, 3, p, like, None) is not None  # the compiled mask, not the operators
+    fused = masks()
+    original = model_module._compiled
+    model_module._compiled = lambda device: None  # the Python operators
+    try:
+        plain = masks()
+    finally:
+        model_module._compiled = original
+    assert fused[0].dtype == torch.float32 and torch.equal(fused[0], plain[0]) and torch.equal(fused[1], plain[1])
+    if p < 2**-17:
+        assert bool((plain[0] == 1).all())  # every unit kept, unscaled
+
+
 def test_dropout_masks_are_the_same_with_and_without_the_compiled_bits(compiled, python_loops):
     """A training step of medium (five kinds of dropout) draws the same masks, so the same loss and gradients,
     whether draws.cpp or torch.randint makes the bits."""

@@ -3,7 +3,8 @@
 // leaves that generator where torch.randint would have left it. namegen.model draws every dropout mask
 // from these bits (four 16-bit draws from each number). exponential(n, generator) returns what
 // torch.empty(n).exponential_(generator=generator) returns, and leaves the generator likewise: sampling's
-// draws (namegen.sampling.Noise).
+// draws (namegen.sampling.Noise). dropout_mask makes a dropout mask from random_bits' numbers in one pass,
+// as model.py's three operators make it.
 //
 // torch makes each number by calling the generator's mt19937 twice, one call at a time through a function
 // pointer (about 2 ns a 32-bit word on this project's CPUs; medium's five dropouts draw ~1.4 ms of them a
@@ -28,6 +29,7 @@
 namespace {
 
 using at::LMASK, at::MATRIX_A, at::UMASK, at::Tensor;  // mt19937's constants, as ATen names them
+using c10::optional;
 constexpr int N = at::MERSENNE_STATE_N, M = at::MERSENNE_STATE_M;
 
 inline uint32_t twist(uint32_t u, uint32_t v) {  // (mix_bits(u, v) >> 1) ^ (v & 1 ? MATRIX_A : 0)
@@ -60,6 +62,11 @@ NG_VECTOR void to_numbers(const uint32_t* __restrict__ w, int64_t* __restrict__ 
     r = r == UINT64_MAX ? 0 : r;
     out[i] = static_cast<int64_t>(r ^ (uint64_t{1} << 63));  // + 2^63 modulo 2^64
   }
+}
+
+NG_VECTOR void mask_row(const int16_t* __restrict__ d, float* __restrict__ out, int64_t width, int32_t threshold,
+                        float value) {
+  for (int64_t j = 0; j < width; j++) out[j] = static_cast<int32_t>(d[j]) < threshold ? value : 0.0f;
 }
 
 // torch's exponential_ on a float tensor (ATen/native/cpu/DistributionTemplates.h, one number at a time):
@@ -130,11 +137,43 @@ Tensor exponential(int64_t n, const std::optional<at::Generator>& generator) {
   return out;
 }
 
+// namegen.model's inverted-dropout mask from random_bits' numbers, in one pass: the numbers' int16 quarters
+// (little-endian, as .view(torch.int16) reads them), the first rows_total * width of them as a (rows_total,
+// width) matrix, the rows `rows` picked (all when none); each entry scale where draw < keep_units - 2^15,
+// else 0 (float32). Python's mask: (draws < keep_units - 32768).to(float32).mul_(scale), which ATen computes
+// as 1.0f * (float) scale, or 0.
+Tensor dropout_mask(int64_t rows_total, int64_t width, int64_t keep_units, double scale, const optional<Tensor>& rows) {
+  TORCH_CHECK(rows_total >= 0 && width >= 0, "dropout_mask: sizes must be >= 0");
+  TORCH_CHECK(keep_units >= 1 && keep_units <= 65536, "dropout_mask: keep_units must be in [1, 65536]");
+  const int64_t n = rows_total * width;
+  const Tensor bits = random_bits((n + 3) / 4);
+  const int16_t* draws = reinterpret_cast<const int16_t*>(bits.data_ptr<int64_t>());
+  Tensor picked;
+  if (rows) {
+    TORCH_CHECK(rows->scalar_type() == at::kLong && rows->dim() == 1, "dropout_mask: rows must be a 1-D int64 tensor");
+    picked = rows->contiguous();
+  }
+  const int64_t m = rows ? picked.numel() : rows_total;
+  const int64_t* row_ids = rows ? picked.data_ptr<int64_t>() : nullptr;
+  Tensor out = at::empty({m, width}, at::kFloat);
+  float* o = out.data_ptr<float>();
+  const int32_t threshold = static_cast<int32_t>(keep_units) - 32768;
+  const float value = static_cast<float>(scale);
+  namegen_fused::over_rows(m, width, [&](int64_t i) {
+    const int64_t r = row_ids ? row_ids[i] : i;
+    TORCH_CHECK(r >= 0 && r < rows_total, "dropout_mask: row ", r, " out of range");
+    mask_row(draws + r * width, o + i * width, width, threshold, value);
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(namegen_recurrence, m) {
   m.def("random_bits(int n) -> Tensor");
   m.impl("random_bits", c10::DispatchKey::CompositeExplicitAutograd, TORCH_FN(random_bits));
   m.def("exponential(int n, Generator? generator) -> Tensor");
+  m.def("dropout_mask(int rows_total, int width, int keep_units, float scale, Tensor? rows) -> Tensor");
+  m.impl("dropout_mask", c10::DispatchKey::CompositeExplicitAutograd, TORCH_FN(dropout_mask));
   m.impl("exponential", c10::DispatchKey::CompositeExplicitAutograd, TORCH_FN(exponential));
 }
