@@ -151,6 +151,11 @@ def _random_bits(n: int, device: torch.device) -> torch.Tensor:
     return torch.randint(-(2**63), 2**63 - 1, (n,), dtype=torch.int64, device=device)
 
 
+def _keep_units(p: float) -> int:
+    """A dropout mask keeps a unit with probability keep_units / 2^16: (1 - p) rounded to a multiple of 2^-16."""
+    return round((1 - p) * 65536)
+
+
 def _layer_forward(gates_in, h0, w_rz, w_h, mask, batch_sizes, low=None, hmask=None, own_gates=False):
     """``_layer_forward_loop``, run by compiled code where there is some -> out, gates, q, and hm (N, H): each
     row's previous state as the hidden matmuls saw it, from fused_f32.cpp (None elsewhere). recurrence.cpp
@@ -598,7 +603,7 @@ class GRULanguageModel(nn.Module):
         """``_scaled(_draws(...))`` of an (n_rows, width) mask, its rows ``rows`` (all when None), made in one
         pass by namegen/csrc/draws.cpp: the same draws and values. None where that does not apply (eval, p = 0,
         p dropping every unit, a dtype other than float32, no compiled code): the caller makes the mask."""
-        keep_units = round((1 - p) * 65536)
+        keep_units = _keep_units(p)
         if not self.training or p == 0 or keep_units == 0 or like.dtype != torch.float32:
             return None
         compiled = _compiled(like.device)
@@ -612,14 +617,14 @@ class GRULanguageModel(nn.Module):
         if not self.training or p == 0:
             return None
         n = math.prod(shape)
-        if round((1 - p) * 65536) == 0:
+        if _keep_units(p) == 0:
             return torch.zeros(shape, dtype=torch.int16, device=like.device)
         return _random_bits((n + 3) // 4, like.device).view(torch.int16)[:n].view(shape)
 
     @staticmethod
     def _scaled(draws: torch.Tensor, p: float, like: torch.Tensor) -> torch.Tensor:
         """The mask of ``_draws``: 0 or 1/keep, in like's dtype."""
-        keep_units = round((1 - p) * 65536)  # keep with probability keep_units / 2^16
+        keep_units = _keep_units(p)
         if keep_units == 0:
             return like.new_zeros(draws.shape)
         if keep_units == 65536:  # p below 2^-17: every unit kept (the threshold 2^15 is out of int16's range)

@@ -29,7 +29,6 @@
 namespace {
 
 using at::LMASK, at::MATRIX_A, at::UMASK, at::Tensor;  // mt19937's constants, as ATen names them
-using c10::optional;
 constexpr int N = at::MERSENNE_STATE_N, M = at::MERSENNE_STATE_M;
 
 inline uint32_t twist(uint32_t u, uint32_t v) {  // (mix_bits(u, v) >> 1) ^ (v & 1 ? MATRIX_A : 0)
@@ -61,23 +60,6 @@ NG_VECTOR void to_numbers(const uint32_t* __restrict__ w, int64_t* __restrict__ 
     uint64_t r = (static_cast<uint64_t>(w[2 * i]) << 32) | w[2 * i + 1];
     r = r == UINT64_MAX ? 0 : r;
     out[i] = static_cast<int64_t>(r ^ (uint64_t{1} << 63));  // + 2^63 modulo 2^64
-  }
-}
-
-NG_VECTOR void mask_row(const int16_t* __restrict__ d, float* __restrict__ out, int64_t width, int32_t threshold,
-                        float value) {
-  for (int64_t j = 0; j < width; j++) out[j] = static_cast<int32_t>(d[j]) < threshold ? value : 0.0f;
-}
-
-// torch's exponential_ on a float tensor (ATen/native/cpu/DistributionTemplates.h, one number at a time):
-// u = (random64() & (2^53 - 1)) * 2^-53, the double -1.0 * log1p(-u) (lambda 1), rounded to float. log1p
-// is the C library's, as ATen's; only the words are made a block at a time.
-NG_VECTOR void to_uniforms(const uint32_t* __restrict__ w, double* __restrict__ out, int64_t n) {
-  constexpr uint64_t MASK = (uint64_t{1} << 53) - 1;
-  constexpr double DIVISOR = 1.0 / static_cast<double>(uint64_t{1} << 53);
-  for (int64_t i = 0; i < n; i++) {
-    const uint64_t r = (static_cast<uint64_t>(w[2 * i]) << 32) | w[2 * i + 1];
-    out[i] = static_cast<double>(r & MASK) * DIVISOR;
   }
 }
 
@@ -119,22 +101,33 @@ Tensor random_bits(int64_t n) {
   return out;
 }
 
+// torch's exponential_ on a float tensor (ATen/native/cpu/DistributionTemplates.h, one number at a time):
+// u = (random64() & (2^53 - 1)) * 2^-53, the double -1.0 * log1p(-u) (lambda 1), rounded to float. log1p
+// is the C library's, as ATen's; only the words are made a block at a time.
 Tensor exponential(int64_t n, const std::optional<at::Generator>& generator) {
   TORCH_CHECK(n >= 0, "exponential: n must be >= 0, got ", n);
   auto out = at::empty({n}, at::kFloat);
   auto words = at::empty({2 * n}, at::kInt);
-  auto uniforms = at::empty({n}, at::kDouble);
   auto* w = reinterpret_cast<uint32_t*>(words.data_ptr<int32_t>());
   auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(generator, at::detail::getDefaultCPUGenerator());
   {
     std::lock_guard<std::mutex> lock(gen->mutex_);
     next_words(gen, w, 2 * n);
   }
-  double* u = uniforms.data_ptr<double>();
-  to_uniforms(w, u, n);
+  constexpr uint64_t MASK = (uint64_t{1} << 53) - 1;
+  constexpr double DIVISOR = 1.0 / static_cast<double>(uint64_t{1} << 53);
   float* o = out.data_ptr<float>();
-  for (int64_t i = 0; i < n; i++) o[i] = static_cast<float>(-1.0 * std::log1p(-u[i]));
+  for (int64_t i = 0; i < n; i++) {
+    const uint64_t r = (static_cast<uint64_t>(w[2 * i]) << 32) | w[2 * i + 1];  // random64()
+    const double u = static_cast<double>(r & MASK) * DIVISOR;
+    o[i] = static_cast<float>(-1.0 * std::log1p(-u));
+  }
   return out;
+}
+
+NG_VECTOR void mask_row(const int16_t* __restrict__ d, float* __restrict__ out, int64_t width, int32_t threshold,
+                        float value) {
+  for (int64_t j = 0; j < width; j++) out[j] = static_cast<int32_t>(d[j]) < threshold ? value : 0.0f;
 }
 
 // namegen.model's inverted-dropout mask from random_bits' numbers, in one pass: the numbers' int16 quarters
@@ -142,7 +135,8 @@ Tensor exponential(int64_t n, const std::optional<at::Generator>& generator) {
 // width) matrix, the rows `rows` picked (all when none); each entry scale where draw < keep_units - 2^15,
 // else 0 (float32). Python's mask: (draws < keep_units - 32768).to(float32).mul_(scale), which ATen computes
 // as 1.0f * (float) scale, or 0.
-Tensor dropout_mask(int64_t rows_total, int64_t width, int64_t keep_units, double scale, const optional<Tensor>& rows) {
+Tensor dropout_mask(int64_t rows_total, int64_t width, int64_t keep_units, double scale,
+                    const std::optional<Tensor>& rows) {
   TORCH_CHECK(rows_total >= 0 && width >= 0, "dropout_mask: sizes must be >= 0");
   TORCH_CHECK(keep_units >= 1 && keep_units <= 65536, "dropout_mask: keep_units must be in [1, 65536]");
   const int64_t n = rows_total * width;
@@ -173,7 +167,7 @@ TORCH_LIBRARY_FRAGMENT(namegen_recurrence, m) {
   m.def("random_bits(int n) -> Tensor");
   m.impl("random_bits", c10::DispatchKey::CompositeExplicitAutograd, TORCH_FN(random_bits));
   m.def("exponential(int n, Generator? generator) -> Tensor");
+  m.impl("exponential", c10::DispatchKey::CompositeExplicitAutograd, TORCH_FN(exponential));
   m.def("dropout_mask(int rows_total, int width, int keep_units, float scale, Tensor? rows) -> Tensor");
   m.impl("dropout_mask", c10::DispatchKey::CompositeExplicitAutograd, TORCH_FN(dropout_mask));
-  m.impl("exponential", c10::DispatchKey::CompositeExplicitAutograd, TORCH_FN(exponential));
 }
