@@ -16,7 +16,7 @@ from namegen.data import IGNORE, TITLE, encode_names, find_training_file, read_n
 from namegen.errors import DeviceUnavailable, UserError
 from namegen.model import char_nll
 from namegen.notebook import from_notebook, is_notebook_checkpoint
-from namegen.sampling import Noise, sample_rows
+from namegen.sampling import sample_rows
 
 
 def check_device(device: str | torch.device, about: str = "device") -> torch.device:
@@ -150,7 +150,6 @@ class NameGenerator:
         self._check(n, temperature, top_k, prefix, max_len, min_len)
         generator = torch.Generator(device=self.device)
         generator.manual_seed(seed if seed is not None else int(torch.seed() % (2**63)))
-        noise = Noise(generator, self.device, ahead=True)  # the generator serves these draws only
 
         def draw(k: int) -> tuple[list[str], list[float] | None]:
             ids, _, logprob = sample_rows(
@@ -162,8 +161,8 @@ class NameGenerator:
                 top_k=top_k,
                 prefix_ids=self.vocab.encode(prefix),
                 start_token=self.start_token,
+                generator=generator,
                 device=self.device,
-                noise=noise,
                 scored=scored,
             )
             names = shown_all(self.vocab.decode_rows(ids), self.case)
@@ -171,18 +170,15 @@ class NameGenerator:
                 names = [typed + name[len(typed):] for name in names]
             return names, logprob.tolist() if scored else None
 
-        try:
-            if not unique and exclude is None:
-                names, logprobs = [], [] if scored else None
-                for start in range(0, n, batch_size):
-                    got, scores = draw(min(batch_size, n - start))
-                    names += got
-                    if scored:
-                        logprobs += scores
-                return names, logprobs
-            return _draw_filtered(draw, n, unique, exclude or set(), max_draws, batch_size, scored)
-        finally:
-            noise.close()
+        if not unique and exclude is None:
+            names, logprobs = [], [] if scored else None
+            for start in range(0, n, batch_size):
+                got, scores = draw(min(batch_size, n - start))
+                names += got
+                if scored:
+                    logprobs += scores
+            return names, logprobs
+        return _draw_filtered(draw, n, unique, exclude or set(), max_draws, batch_size, scored)
 
     def training_names(self, data: str | Path | None = None) -> set[str]:
         """The names of the training file, to pass as ``exclude=``: ``data`` if given (any file),

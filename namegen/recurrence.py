@@ -7,9 +7,8 @@ and the Python loops otherwise: where no C++ compiler is found, or ``NAMEGEN_COM
 ``fused_f32.cpp`` (float32) and ``fused_bf16.cpp`` (bf16 autocast) run a step with its elementwise work
 fused between its two matmuls (and the backward's chain rule inside its loop): the same math
 to float32 tolerance, not the same bits. They are what training runs on a CPU; the replay is kept for
-other dtypes and as the bit-exact check of the Python loops. ``draws.cpp`` makes dropout's random bits
-and sampling's Exp(1) numbers: torch.randint's and torch's exponential_'s numbers from the same
-generator, faster.
+other dtypes and as the bit-exact check of the Python loops. ``draws.cpp`` makes dropout's random bits and
+masks: torch.randint's numbers from the same generator, faster.
 
 It is built by torch's C++-extension builder (a C++ compiler and ninja) the first time it is needed,
 into namegen's cache, ``~/.cache/namegen/recurrence-<hash>`` (``NAMEGEN_CACHE_DIR`` moves it; the hash
@@ -31,8 +30,8 @@ import torch
 from namegen.config import default_cache_dir
 
 SOURCE = Path(__file__).parent / "csrc" / "recurrence.cpp"
-# one library: the replayed loops, the fused steps in float32 and under bf16 (sharing fused_math.h), and the
-# random numbers of dropout's masks and of sampling's draws
+# one library: the replayed loops, the fused steps in float32 and under bf16 (sharing fused_math.h), and
+# dropout's random numbers and masks
 SOURCES = (SOURCE, SOURCE.with_name("fused_f32.cpp"), SOURCE.with_name("fused_bf16.cpp"),
            SOURCE.with_name("draws.cpp"))
 HEADERS = (SOURCE.with_name("fused_math.h"),)
@@ -101,16 +100,6 @@ def ops():
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 _state.update(ops=None, why=f"could not build {SOURCE.name} ({first[:200]})")
     return _state["ops"]
-
-
-def built():
-    """The compiled operators if this machine has built them already, else None; never builds (what sampling
-    uses: a first ``namegen sample`` does not wait for a build, and training's first run makes one)."""
-    if "ops" in _state or os.environ.get("NAMEGEN_COMPILED", "1") == "0":
-        return _state.get("ops")
-    if not (build_dir() / f"{NAME}.so").exists():
-        return None
-    return ops()
 
 
 def why() -> str | None:

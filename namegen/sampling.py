@@ -7,13 +7,9 @@ have ended leave the batch, so later steps only run the names still going.
 
 from __future__ import annotations
 
-import math
-from concurrent.futures import ThreadPoolExecutor
-
 import torch
 import torch.nn.functional as F
 
-from namegen import recurrence
 from namegen.data import END, PAD
 from namegen.model import GRULanguageModel, _autocast_dtype, _layer_forward_loop
 
@@ -39,7 +35,6 @@ def sample_rows(
     start_token: int = END,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
-    noise: Noise | None = None,
     scored: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Sample ``n`` names: (ids (n, max_len), 0 after each name's end; lengths (n,); log-probabilities (n,),
@@ -48,10 +43,9 @@ def sample_rows(
     ``min_len``/``max_len`` count characters, prefix included: the end token is
     masked out until ``min_len`` is reached, and a name that reaches
     ``max_len`` stops there. Padding is never sampled. The draws' randomness comes
-    from ``noise`` when given (several calls share its stream), else from ``generator``.
+    from ``generator`` (torch's default one when None): one uniform number per live name per drawn step.
     """
     prefix_ids = list(prefix_ids or [])
-    noise = noise if noise is not None else Noise(generator, device)
     was_training = model.training
     model.eval()
     step = _Steps(model)
@@ -69,7 +63,7 @@ def sample_rows(
         if t < len(prefix_ids):  # forced: condition the state on the prefix
             nxt = torch.full((m,), prefix_ids[t], dtype=torch.long, device=device)
         else:
-            nxt = _draw(logits, t, max_len, min_len, temperature, top_k, noise)  # (m,)
+            nxt = _draw(logits, t, max_len, min_len, temperature, top_k, generator)  # (m,)
         if scored:
             logprob.index_add_(0, rows, logp.gather(1, nxt[:, None]).squeeze(1))
         going = nxt != END  # (m,)
@@ -86,58 +80,6 @@ def sample_rows(
 
     model.train(was_training)
     return out.cpu(), length.cpu(), logprob.cpu() if scored else None
-
-
-class Noise:
-    """The Exp(1) numbers the draws use (see ``_draw``), from ``generator``, in the order torch makes them:
-    serially, one per element, so one long tensor holds the numbers of many draws in sequence.
-
-    ``ahead=True`` (CPU, with a generator of its own) makes them on a second thread, a block ahead, while
-    the model steps: the same numbers, ready sooner. The generator then runs up to a block ahead of what
-    the draws used, so give it one that serves nothing else, and ``close()`` the noise after use.
-    """
-
-    BLOCK = 1 << 20  # numbers made at a time ahead: a few steps of 8,192 names
-
-    def __init__(self, generator: torch.Generator | None, device: torch.device | str = "cpu", ahead: bool = False):
-        self.generator, self.device = generator, torch.device(device)
-        self._compiled = recurrence.built() if self.device.type == "cpu" else None
-        self.ahead = ahead and generator is not None and self.device.type == "cpu"
-        self._buf, self._pos = torch.empty(0), 0
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="namegen-noise") if self.ahead else None
-        self._next = self._pool.submit(self._block) if self._pool else None
-
-    def _numbers(self, n: int) -> torch.Tensor:
-        """The stream's next n numbers, (n,) float32: torch's exponential_, or on a CPU namegen/csrc/draws.cpp
-        where it is built already (the same numbers, the generator left in the same state; faster)."""
-        if self._compiled is not None:
-            return self._compiled.exponential(n, self.generator)
-        return torch.empty(n, device=self.device).exponential_(generator=self.generator)
-
-    def _block(self) -> torch.Tensor:
-        return self._numbers(self.BLOCK)
-
-    def exponential(self, shape: tuple[int, int]) -> torch.Tensor:
-        """Fresh Exp(1) numbers of ``shape`` (float32), the next ones of the stream."""
-        if not self.ahead:
-            return self._numbers(math.prod(shape)).view(shape)
-        k = math.prod(shape)
-        if self._buf.numel() - self._pos >= k:  # within the block at hand: a view, no copy
-            self._pos += k
-            return self._buf[self._pos - k : self._pos].view(shape)
-        pieces, k = [self._buf[self._pos :]], k - (self._buf.numel() - self._pos)
-        while k > 0:  # the rest from the next blocks: only the numbers used are copied
-            block, self._next = self._next.result(), None
-            self._next = self._pool.submit(self._block)
-            self._buf, self._pos = block, min(k, block.numel())
-            pieces.append(block[: self._pos])
-            k -= self._pos
-        return torch.cat(pieces).view(shape)
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
 
 
 class _Steps:
@@ -176,7 +118,7 @@ class _Steps:
 
 
 def _draw(logits: torch.Tensor, t: int, max_len: int, min_len: int, temperature: float, top_k: int | None,
-          noise: Noise) -> torch.Tensor:
+          generator: torch.Generator | None) -> torch.Tensor:
     """The next character of each live name at step ``t``. logits: (m, V) -> (m,) token ids."""
     # (m, V); x / 1 is x, so at temperature 1 no copy is made and scores may be logits itself: the caller
     # has taken what it needs from logits (its log-probabilities) before the draw, which overwrites them
@@ -191,7 +133,17 @@ def _draw(logits: torch.Tensor, t: int, max_len: int, min_len: int, temperature:
         kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]  # (m, 1)
         scores = scores.masked_fill(scores < kth, float("-inf"))
     probs = torch.softmax(scores, dim=-1)  # (m, V)
-    # torch.multinomial(probs, 1)'s own draw (argmax of p / q, q ~ Exp(1): the same random numbers, the
-    # same names), without its checks of probs, which cost a pass over them and a sync per step
-    q = noise.exponential(probs.shape)  # (m, V)
-    return torch.div(probs, q, out=q).argmax(dim=-1)  # (m,)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device)  # (m, 1), in [0, 1)
+    return _pick(probs, u)
+
+
+def _pick(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw: each row's first token whose running total of probability exceeds u times the
+    row's total. probs: (m, V) >= 0, each row's total a normal float (softmax's: its largest entry is at
+    least 1 / V); u: (m, 1) in [0, 1) -> (m,) token ids.
+
+    One uniform number a name, where torch.multinomial's draw (argmax of p / q, q ~ Exp(1)) takes one a
+    vocabulary entry. A token of probability 0 adds nothing to the running total, so it is never the
+    first to exceed anything (u * total < total, so some token always does)."""
+    cdf = probs.cumsum(dim=-1)  # (m, V), non-decreasing
+    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(1)  # (m,)

@@ -257,31 +257,6 @@ def test_random_bits_are_torch_randints_numbers_and_leave_the_generator_where_it
         assert (a is None and b is None) or torch.equal(a, b)
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.integers(0, 2**32), st.integers(0, 700), st.integers(0, 3000), st.booleans())
-def test_exponential_is_torchs_exponential_and_leaves_the_generator_where_it_would(compiled, seed, before, n, own):
-    """draws.cpp's exponential(n, generator) is torch.empty(n).exponential_(generator=generator), from a
-    generator of its own or the default one, wherever in mt19937's blocks it stands; the generator's next
-    numbers are the same afterwards."""
-    def run(draw):
-        gen = torch.Generator().manual_seed(seed) if own else torch.manual_seed(seed)
-        torch.rand(before, generator=gen)  # somewhere inside a block of the state
-        numbers = draw(n, gen if own else None)
-        return numbers, torch.rand(7, generator=gen)
-
-    ours = run(compiled.exponential)
-    torch_s = run(lambda k, gen: torch.empty(k).exponential_(generator=gen))
-    assert ours[0].dtype == torch.float32 and ours[0].shape == (n,)
-    assert torch.equal(ours[0], torch_s[0]) and torch.equal(ours[1], torch_s[1])
-
-
-def test_exponential_is_torchs_over_millions_of_numbers(compiled):
-    """2^22 numbers in one call (sampling asks for 2^20 at a time): the bulk and both tails of Exp(1)."""
-    gen_a, gen_b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    ours, theirs = compiled.exponential(1 << 22, gen_a), torch.empty(1 << 22).exponential_(generator=gen_b)
-    assert torch.equal(ours, theirs) and float(ours.max()) > 12 and float(ours.min()) < 1e-5
-
-
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(1, 9), min_size=1, max_size=3), st.sampled_from([1e-6, 0.02389, 0.5, 0.99, 0.99999]),
        st.integers(0, 2**31), st.booleans(), st.data())

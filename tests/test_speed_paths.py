@@ -179,25 +179,52 @@ def test_sampling_bookkeeping_when_finished_names_leave_the_batch():
             assert lp == pytest.approx(expected, abs=1e-5)  # sampling sums in float32
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.sampled_from([7, 100, 1024]), st.lists(st.tuples(st.integers(0, 300), st.integers(1, 28)), min_size=1,
-                                                  max_size=12), st.integers(0, 2**31))
-def test_noise_made_ahead_in_blocks_is_the_stream_drawn_shape_by_shape(block, shapes, seed):
-    """Sampling's random numbers made a block ahead on a second thread, requests crossing block ends (some
-    longer than a block), are the numbers each request would draw from the generator itself."""
-    from namegen.sampling import Noise
+_U_MAX = 1 - 2**-24  # the largest number torch.rand gives in float32
 
-    class SmallBlocks(Noise):
-        BLOCK = block
 
-    ahead = SmallBlocks(torch.Generator().manual_seed(seed), ahead=True)
-    direct = Noise(torch.Generator().manual_seed(seed))
-    try:
-        for shape in shapes:
-            got = ahead.exponential(shape).clone()  # clone: the caller may overwrite what it is given
-            assert torch.equal(got, direct.exponential(shape))
-    finally:
-        ahead.close()
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.sampled_from([0.0, 1e-40, 1e-30, 1e-7, 0.5, 1.0, 3.0, 1e20]), min_size=1, max_size=30)
+                .filter(lambda row: max(row) >= 1e-30), min_size=1, max_size=8),
+       st.data())
+def test_inverse_cdf_draw_takes_the_first_token_past_u_and_never_one_of_probability_zero(rows, data):
+    """``_pick``: each row's first token whose running total (float32, as drawn) exceeds u x the row's total,
+    for u anywhere in [0, 1) including torch.rand's largest number; never a token of probability 0, never
+    out of range: rows of any length, entries from subnormal to 1e20, one token of mass or many (a row's
+    total a normal float, as softmax's, whose largest entry is at least 1 / V)."""
+    from namegen.sampling import _pick
+
+    width = max(map(len, rows))
+    probs = torch.tensor([row + [0.0] * (width - len(row)) for row in rows], dtype=torch.float32)  # (m, V)
+    u = torch.tensor([[data.draw(st.sampled_from([0.0, 0.5, _U_MAX]) | st.floats(0, _U_MAX))] for _ in rows],
+                     dtype=torch.float32)  # (m, 1)
+    got = _pick(probs, u).tolist()
+    cdf = probs.cumsum(-1)
+    for i, j in enumerate(got):
+        v = float(u[i, 0] * cdf[i, -1])
+        assert 0 <= j < width and probs[i, j] > 0
+        assert cdf[i, j] > v and (j == 0 or cdf[i, j - 1] <= v)  # the first past v
+
+
+@pytest.mark.parametrize("temperature, top_k", [(1.0, None), (0.7, 3), (1.6, None)])
+def test_draws_follow_the_softmax_of_the_scores(temperature, top_k):
+    """200,000 draws from one row of logits: each token's share is its probability (softmax of logits /
+    temperature, top-k kept, renormalised) within 5 standard errors; padding and the masked tokens never come."""
+    from namegen.data import PAD
+    from namegen.sampling import _draw
+
+    logits = torch.tensor([[4.0, 0.3, -1.0, 2.0, 0.0, 1.2, -3.0]])  # (1, V); token 0 is padding
+    n = 200_000
+    drawn = _draw(logits.expand(n, -1).clone(), t=1, max_len=12, min_len=1, temperature=temperature,
+                  top_k=top_k, generator=torch.Generator().manual_seed(3))  # (n,)
+    scores = (logits[0] / temperature).double()
+    scores[PAD] = float("-inf")
+    if top_k is not None:
+        scores[scores < scores.topk(top_k).values[-1]] = float("-inf")
+    p = torch.softmax(scores, -1)  # (V,)
+    share = torch.bincount(drawn, minlength=len(p)).double() / n
+    assert share[p == 0].sum() == 0
+    se = (p * (1 - p) / n).sqrt()
+    assert ((share - p).abs() <= 5 * se + 1e-12).all(), (share, p)
 
 
 # ------------------------------------------------------------------------ no compute on padding

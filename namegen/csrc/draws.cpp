@@ -1,16 +1,14 @@
 // Random numbers made faster, the same numbers: random_bits(n) returns what
 // torch.randint(-2**63, 2**63 - 1, (n,), dtype=torch.int64) returns from the default CPU generator, and
 // leaves that generator where torch.randint would have left it. namegen.model draws every dropout mask
-// from these bits (four 16-bit draws from each number). exponential(n, generator) returns what
-// torch.empty(n).exponential_(generator=generator) returns, and leaves the generator likewise: sampling's
-// draws (namegen.sampling.Noise). dropout_mask makes a dropout mask from random_bits' numbers in one pass,
-// as model.py's three operators make it.
+// from these bits (four 16-bit draws from each number). dropout_mask makes a dropout mask from
+// random_bits' numbers in one pass, as model.py's three operators make it.
 //
 // torch makes each number by calling the generator's mt19937 twice, one call at a time through a function
 // pointer (about 2 ns a 32-bit word on this project's CPUs; medium's five dropouts draw ~1.4 ms of them a
 // step). Here the same mt19937 runs a whole block of its state at once: the state's twist and the output's
 // tempering are plain loops over arrays, which the compiler vectorises. The engine's state is read from the
-// generator and written back under the generator's lock. tests/test_draws.py holds the numbers and the
+// generator and written back under the generator's lock. tests/test_recurrence.py holds the numbers and the
 // generator's state afterwards equal to torch's, for any seed and length.
 //
 // mt19937's stepping, as ATen's at::mt19937 (ATen/core/MT19937RNGEngine.h): a call first decrements
@@ -20,7 +18,6 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/library.h>
 
-#include <cmath>
 #include <mutex>
 #include <optional>
 
@@ -101,30 +98,6 @@ Tensor random_bits(int64_t n) {
   return out;
 }
 
-// torch's exponential_ on a float tensor (ATen/native/cpu/DistributionTemplates.h, one number at a time):
-// u = (random64() & (2^53 - 1)) * 2^-53, the double -1.0 * log1p(-u) (lambda 1), rounded to float. log1p
-// is the C library's, as ATen's; only the words are made a block at a time.
-Tensor exponential(int64_t n, const std::optional<at::Generator>& generator) {
-  TORCH_CHECK(n >= 0, "exponential: n must be >= 0, got ", n);
-  auto out = at::empty({n}, at::kFloat);
-  auto words = at::empty({2 * n}, at::kInt);
-  auto* w = reinterpret_cast<uint32_t*>(words.data_ptr<int32_t>());
-  auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(generator, at::detail::getDefaultCPUGenerator());
-  {
-    std::lock_guard<std::mutex> lock(gen->mutex_);
-    next_words(gen, w, 2 * n);
-  }
-  constexpr uint64_t MASK = (uint64_t{1} << 53) - 1;
-  constexpr double DIVISOR = 1.0 / static_cast<double>(uint64_t{1} << 53);
-  float* o = out.data_ptr<float>();
-  for (int64_t i = 0; i < n; i++) {
-    const uint64_t r = (static_cast<uint64_t>(w[2 * i]) << 32) | w[2 * i + 1];  // random64()
-    const double u = static_cast<double>(r & MASK) * DIVISOR;
-    o[i] = static_cast<float>(-1.0 * std::log1p(-u));
-  }
-  return out;
-}
-
 NG_VECTOR void mask_row(const int16_t* __restrict__ d, float* __restrict__ out, int64_t width, int32_t threshold,
                         float value) {
   for (int64_t j = 0; j < width; j++) out[j] = static_cast<int32_t>(d[j]) < threshold ? value : 0.0f;
@@ -166,8 +139,6 @@ Tensor dropout_mask(int64_t rows_total, int64_t width, int64_t keep_units, doubl
 TORCH_LIBRARY_FRAGMENT(namegen_recurrence, m) {
   m.def("random_bits(int n) -> Tensor");
   m.impl("random_bits", c10::DispatchKey::CompositeExplicitAutograd, TORCH_FN(random_bits));
-  m.def("exponential(int n, Generator? generator) -> Tensor");
-  m.impl("exponential", c10::DispatchKey::CompositeExplicitAutograd, TORCH_FN(exponential));
   m.def("dropout_mask(int rows_total, int width, int keep_units, float scale, Tensor? rows) -> Tensor");
   m.impl("dropout_mask", c10::DispatchKey::CompositeExplicitAutograd, TORCH_FN(dropout_mask));
 }
