@@ -205,17 +205,19 @@ def test_inverse_cdf_draw_takes_the_first_token_past_u_and_never_one_of_probabil
         assert cdf[i, j] > v and (j == 0 or cdf[i, j - 1] <= v)  # the first past v
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("temperature, top_k", [(1.0, None), (0.7, 3), (1.6, None)])
-def test_draws_follow_the_softmax_of_the_scores(temperature, top_k):
+def test_draws_follow_the_softmax_of_the_scores(temperature, top_k, device):
     """200,000 draws from one row of logits: each token's share is its probability (softmax of logits /
-    temperature, top-k kept, renormalised) within 5 standard errors; padding and the masked tokens never come."""
+    temperature, top-k kept, renormalised) within 5 standard errors; padding and the masked tokens never come.
+    On a GPU too, whose cumsum is a parallel scan (unmeasured: no GPU has been lent)."""
     from namegen.data import PAD
     from namegen.sampling import _draw
 
     logits = torch.tensor([[4.0, 0.3, -1.0, 2.0, 0.0, 1.2, -3.0]])  # (1, V); token 0 is padding
     n = 200_000
-    drawn = _draw(logits.expand(n, -1).clone(), t=1, max_len=12, min_len=1, temperature=temperature,
-                  top_k=top_k, generator=torch.Generator().manual_seed(3))  # (n,)
+    drawn = _draw(logits.expand(n, -1).clone().to(device), t=1, max_len=12, min_len=1, temperature=temperature,
+                  top_k=top_k, generator=torch.Generator(device=device).manual_seed(3)).cpu()  # (n,)
     scores = (logits[0] / temperature).double()
     scores[PAD] = float("-inf")
     if top_k is not None:
