@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import json
 import os
 import re
 import shlex
 import sys
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 
@@ -149,6 +151,7 @@ def run(command: str, handler, args: argparse.Namespace) -> int:
     """Call ``handler(args)``; a UserError becomes one line and exit status 2, and a Ctrl-C
     outside training one line and exit status 130."""
     keep_freed_memory()
+    freeze_imports()
     try:
         return handler(args) or 0
     except UserError as exc:
@@ -179,6 +182,36 @@ def keep_freed_memory() -> bool:
     trim_threshold, top_pad, mmap_threshold = -1, -2, -3  # malloc.h's M_* codes
     return all(mallopt(code, value) == 1 for code, value in
                ((mmap_threshold, 32 << 20), (trim_threshold, 256 << 20), (top_pad, 64 << 20)))
+
+
+_FROZEN = False  # freeze_imports has run in this process
+
+
+def freeze_imports() -> None:
+    """Put the objects alive now (the imports': torch's alone makes about a million) beyond the cyclic
+    garbage collector's reach, with ``gc.freeze``, the first time a process runs a command: its full
+    collections, and the interpreter's at exit (half a second with torch imported), no longer walk them.
+    Once a process: a process running several commands (a test session) keeps its later garbage collectable."""
+    global _FROZEN
+    if not _FROZEN:
+        gc.freeze()
+        _FROZEN = True
+
+
+@contextmanager
+def importing():
+    """The lazy imports of the training stack (Lightning, W&B, Optuna) with the collector paused, as
+    ``namegen/__init__`` imports torch (a third of the import time goes to its passes otherwise), and what
+    they made frozen as ``freeze_imports`` freezes the rest; the collector is then left as it was found."""
+    collecting, before = gc.isenabled(), len(sys.modules)
+    gc.disable()
+    try:
+        yield
+    finally:
+        if len(sys.modules) > before:  # a first import: long-lived modules, classes and functions
+            gc.freeze()
+        if collecting:
+            gc.enable()
 
 
 # ----------------------------------------------------------------------------- train
@@ -248,8 +281,8 @@ def _add_monitoring_arguments(g) -> None:
 
 
 def train_command(args: argparse.Namespace) -> int:
-    # Imported here, not at the top: sampling and conversion never pay for importing Lightning.
-    from namegen.training import TrainOptions, train
+    with importing():  # here, not at the top: sampling and conversion never pay for importing Lightning
+        from namegen.training import TrainOptions, train
 
     opts = TrainOptions(**{f.name: getattr(args, f.name) for f in fields(TrainOptions) if hasattr(args, f.name)},
                         sample_command=sample_invocation(args))
@@ -472,9 +505,9 @@ def _add_compare_training_arguments(t) -> None:
 
 
 def compare_command(args: argparse.Namespace) -> int:
-    # Imported here, not at the top: sampling and conversion never pay for importing Lightning.
-    from namegen.compare import CompareOptions, compare
-    from namegen.training import TrainOptions
+    with importing():  # here, not at the top: sampling and conversion never pay for importing Lightning
+        from namegen.compare import CompareOptions, compare
+        from namegen.training import TrainOptions
 
     training = TrainOptions(**{f.name: getattr(args, f.name) for f in fields(TrainOptions) if hasattr(args, f.name)
                                and f.name not in ("model", "out")})
@@ -527,9 +560,9 @@ def add_tune_arguments(p: Parser) -> None:
 
 
 def tune_command(args: argparse.Namespace) -> int:
-    # Imported here, not at the top: sampling and conversion never pay for importing Lightning and Optuna.
-    from namegen.training import TrainOptions
-    from namegen.tune import TuneOptions, tune
+    with importing():  # here, not at the top: sampling and conversion never pay for importing Lightning, Optuna
+        from namegen.training import TrainOptions
+        from namegen.tune import TuneOptions, tune
 
     args.model = args.model or ("finetune" if args.init_from else "small")
     training = TrainOptions(**{f.name: getattr(args, f.name) for f in fields(TrainOptions) if hasattr(args, f.name)

@@ -94,3 +94,34 @@ def test_the_command_line_reuses_freed_memory_without_page_faults():
     done = subprocess.run([sys.executable, "-c", FREED_MEMORY_STEPS], capture_output=True, text=True, timeout=120,
                           env=env)
     assert done.stdout.split()[0] == "False", done.stdout + done.stderr
+
+
+COLLECTOR_STATES = """
+import gc, sys
+if sys.argv[1] == "off":
+    gc.disable()
+import namegen  # torch with the collector paused
+after_import = gc.isenabled(), gc.get_freeze_count()
+from namegen.cli import freeze_imports, importing
+freeze_imports()
+frozen = gc.get_freeze_count()
+with importing():  # a first import of the training stack
+    import namegen.training
+stack = gc.get_freeze_count()
+junk = [[] for _ in range(1000)]  # objects made after the imports
+with importing():  # nothing new is imported: nothing more is frozen
+    import namegen.training
+print(after_import[0], after_import[1], frozen > 100_000, stack > frozen, gc.get_freeze_count() == stack,
+      gc.isenabled())
+"""
+
+
+@pytest.mark.parametrize("state", ["on", "off"])
+def test_imports_leave_the_collector_as_found_and_the_command_line_freezes_what_they_made(state):
+    """``import namegen`` pauses the cyclic collector while torch imports and leaves it as it found it
+    (freezing nothing: a library import); the command line freezes the imports' objects once, and
+    ``importing()`` pauses for and freezes the training stack's, then restores the collector."""
+    done = subprocess.run([sys.executable, "-c", COLLECTOR_STATES, state], capture_output=True, text=True,
+                          timeout=120)
+    on = str(state == "on")
+    assert done.stdout.split() == [on, "0", "True", "True", "True", on], done.stdout + done.stderr

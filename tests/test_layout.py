@@ -30,8 +30,11 @@ def _modules() -> dict[str, ast.Module]:
 
 
 def _namegen_imports(tree: ast.Module) -> list[tuple[str, bool]]:
-    """(imported namegen module, at module level?) for every import of a namegen module."""
-    top = {id(node) for node in tree.body}
+    """(imported namegen module, at module level?) for every import of a namegen module. Module level: not
+    inside a function or class (a module-level ``try`` counts as module level)."""
+    nested = {id(inner) for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef,
+                                                                        ast.ClassDef))
+              for inner in ast.walk(node) if inner is not node}
     found = []
     for node in ast.walk(tree):
         names = []
@@ -39,7 +42,7 @@ def _namegen_imports(tree: ast.Module) -> list[tuple[str, bool]]:
             names = [node.module.split(".")[1]]
         elif isinstance(node, ast.Import):
             names = [a.name.split(".")[1] for a in node.names if a.name.startswith("namegen.")]
-        found += [(name, id(node) in top) for name in names]
+        found += [(name, id(node) not in nested) for name in names]
     return found
 
 
