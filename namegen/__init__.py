@@ -12,6 +12,7 @@ try:
 finally:
     if _collecting:
         gc.enable()
+    del _collecting
 
 __all__ = ["NameGenerator"]
 __version__ = "0.1.0"
