@@ -21,6 +21,12 @@ around the epoch's products), batches, gemms, gflop, dtype, threads.
 size's recipe makes at every step whatever the model computes: gradient clipping by norm (torch's
 ``clip_grad_norm_``), the fused AdamW update and the weight average's ``lerp``, on the model's own
 float32 parameters, as many steps as batches: ``updates_s`` and ``updates_share`` (of epoch_s).
+``--step`` also times the size's whole training step on the same batches with no Trainer around it,
+alternating with the products 50 batches at a time so that both see the same minutes of the VM
+(``step_s``, and ``step_over_floor``: step_s / epoch_s): namegen's model, its loss under bf16 autocast
+(with ``--dtype bfloat16``; float32 otherwise), backward, clipping, fused AdamW, ``zero_grad`` and the
+weight average's ``lerp``. What ``namegen train``'s training epoch takes beyond it is the Trainer's;
+what it takes beyond the floor is the model's and the recipe's own work besides the products.
 """
 
 from __future__ import annotations
@@ -42,18 +48,18 @@ from namegen.datamodule import NamesDataModule  # noqa: E402
 from namegen.model import Packing  # noqa: E402
 
 
-def batch_sizes_of_epoch(size: str, data: Path) -> tuple[list[list[int]], int]:
-    """Each training batch's packed step sizes, in namegen's order for the config's seed; and V."""
+def batch_sizes_of_epoch(size: str, data: Path) -> tuple[list[list[int]], int, list]:
+    """Each training batch's packed step sizes, in namegen's order for the config's seed; V; the batches."""
     config = load_config(size)
     torch.manual_seed(config.seed)  # the shuffle of the first epoch, as `namegen train` seeds it
     dm = NamesDataModule(data, batch_size=config.batch_size, seed=config.seed, block_size=config.block_size,
                          split_seed=config.data_seed)
     dm.setup("fit")
-    sizes = []
-    for _, y in dm.train_dataloader():
+    sizes, batches = [], list(dm.train_dataloader())
+    for _, y in batches:
         lengths = (y != IGNORE).sum(1)
         sizes.append(Packing(lengths, y.shape[1]).batch_sizes)
-    return sizes, len(dm.vocab)
+    return sizes, len(dm.vocab), batches
 
 
 class Products:
@@ -132,6 +138,43 @@ def recipe_updates_s(config, vocab_size: int, steps: int) -> float:
     return time.perf_counter() - t0
 
 
+def recipe_step(config, vocab_size: int, dtype: torch.dtype):
+    """The size's training step with no Trainer, as a function of one batch (x, y): the model's loss (under
+    bf16 autocast for a bf16 floor), backward, clipping by norm, fused AdamW, zero_grad, the average's lerp."""
+    from namegen.model import GRULanguageModel
+
+    torch.manual_seed(config.seed)
+    model = GRULanguageModel.from_config(config, vocab_size).train()
+    params = list(model.parameters())
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
+    average, current = [p.detach().clone() for p in params], [p.detach() for p in params]
+
+    def step(batch):
+        x, y = batch
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            loss = model.nll(x, y, IGNORE).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip or 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        torch._foreach_lerp_(average, current, 1 - (config.ema_decay or 0.999))
+
+    return step
+
+
+def timed_chunks(parts: list, items: list, chunk: int) -> list[float]:
+    """Seconds each of ``parts`` (functions of one item) takes over all ``items``, run chunk by chunk in
+    turn (part 0 over items 0..chunk, part 1 over the same, ...): each sees the same minutes of the VM."""
+    seconds = [0.0] * len(parts)
+    for start in range(0, len(items), chunk):
+        for i, part in enumerate(parts):
+            t0 = time.perf_counter()
+            for item in items[start:start + chunk]:
+                part(item)
+            seconds[i] += time.perf_counter() - t0
+    return seconds
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", default="large")
@@ -140,23 +183,31 @@ def main(argv=None) -> int:
     p.add_argument("--limit-batches", type=int, default=None)
     p.add_argument("--updates", action="store_true",
                    help="also time the recipe's per-step clipping, AdamW and weight average, as many steps")
+    p.add_argument("--step", action="store_true",
+                   help="also time the size's whole training step on the same batches, with no Trainer")
     args = p.parse_args(argv)
-    sizes, vocab_size = batch_sizes_of_epoch(args.size, Path(args.data))
+    sizes, vocab_size, batches = batch_sizes_of_epoch(args.size, Path(args.data))
     sizes = sizes[: args.limit_batches] if args.limit_batches else sizes
+    batches = batches[: len(sizes)]
     config = load_config(args.size)
     products = Products(config, vocab_size, config.batch_size, getattr(torch, args.dtype))
-    for s in sizes[:3]:  # warm-up
-        products.step(s)
+    parts = [lambda i: products.step(sizes[i])]
+    if args.step:  # the whole step, alternating with the products 50 batches at a time
+        step = recipe_step(config, vocab_size, getattr(torch, args.dtype))
+        parts.append(lambda i: step(batches[i]))
+    for part in parts:  # warm-up (and the step's compiled recurrence)
+        for i in range(3):
+            part(i)
     products.gemms = products.flop = 0
-    t0 = time.perf_counter()
-    for s in sizes:
-        products.step(s)
-    epoch_s = time.perf_counter() - t0
+    seconds = timed_chunks(parts, list(range(len(sizes))), chunk=50)
+    epoch_s = seconds[0]
     result = {"epoch_s": epoch_s, "batches": len(sizes), "gemms": products.gemms, "gflop": products.flop / 1e9,
               "dtype": args.dtype, "threads": torch.get_num_threads()}
     if args.updates:
         updates_s = recipe_updates_s(config, vocab_size, len(sizes))
         result.update(updates_s=updates_s, updates_share=updates_s / epoch_s)
+    if args.step:
+        result.update(step_s=seconds[1], step_over_floor=seconds[1] / epoch_s)
     print(json.dumps(result))
     return 0
 

@@ -25,10 +25,12 @@ environment), per size:
   medium >= 3x, large >= 5x). The two run alternately, PAIRS[size] times (small and medium 3,
   large 1), and each figure is the median of its runs: a process's epoch moves by a third with
   the VM's minute, more than the margins the targets are judged by.
-- the matmul floor (large): ``python bench/matmul_floor.py --size large --updates`` times only the
-  products of large's training epoch in bf16; target: large's training epoch within 1.5x of it. In
-  the same process it times the recipe's per-step clipping, AdamW and weight average alone, as
-  many steps: a share of the floor that the 1.5x allowance has to hold besides everything else.
+- the matmul floor (large): ``python bench/matmul_floor.py --size large --updates --step`` times only
+  the products of large's training epoch in bf16; target: large's training epoch within 1.5x of it.
+  In the same process it times the recipe's per-step clipping, AdamW and weight average alone, as
+  many steps: a share of the floor that the 1.5x allowance has to hold besides everything else; and
+  the whole training step with no Trainer around it, alternating with the products: how far the
+  model's and the recipe's own work is from the floor, whatever the Trainer costs.
 - sampling: ``python sample.py --ckpt $TMP/small-cpu/best.ckpt -n 200000 > /dev/null``
   timed (target >= 50,000 names/s for the whole process), and ``-n 1`` timed to show the
   start-up it contains: each 5 times, alternately, and the median of each reported (a
@@ -133,7 +135,7 @@ def run_namegen(size: str, device: str, args, env: dict, commands: list, run: in
 
 
 def run_floor(size: str, args, env: dict, commands: list) -> dict:
-    cmd = [PY, str(ROOT / "bench" / "matmul_floor.py"), "--size", size, "--data", args.data, "--updates"]
+    cmd = [PY, str(ROOT / "bench" / "matmul_floor.py"), "--size", size, "--data", args.data, "--updates", "--step"]
     if args.quick:
         cmd += ["--limit-batches", str(QUICK_BATCHES)]
     process_s, stdout = timed(cmd, env, commands)
@@ -223,6 +225,10 @@ def size_table(size: str, device: str, nbk: dict, ng: dict, floor: dict | None) 
             lines.append(f"| the recipe's clipping, AdamW and average alone (bench/matmul_floor.py --updates) | "
                          f"| {floor['updates_s']:.2f} ({floor['updates_share']:.0%} of the floor; the target allows "
                          f"{FLOOR_TARGET - 1:.0%} for everything that is not a product) | | | | |")
+        if "step_s" in floor:  # the model's and the recipe's own work, without the Trainer's
+            lines.append(f"| the same training step with no Trainer, alternating with the products "
+                         f"(bench/matmul_floor.py --step) | | {floor['step_s']:.2f} ({floor['step_over_floor']:.2f}x "
+                         f"the floor) | | | | |")
     return lines + [""]
 
 
