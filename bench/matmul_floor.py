@@ -48,7 +48,7 @@ from namegen.datamodule import NamesDataModule  # noqa: E402
 from namegen.model import Packing  # noqa: E402
 
 
-def batch_sizes_of_epoch(size: str, data: Path) -> tuple[list[list[int]], int, list]:
+def epoch_batches(size: str, data: Path) -> tuple[list[list[int]], int, list]:
     """Each training batch's packed step sizes, in namegen's order for the config's seed; V; the batches."""
     config = load_config(size)
     torch.manual_seed(config.seed)  # the shuffle of the first epoch, as `namegen train` seeds it
@@ -114,6 +114,21 @@ class Products:
                 self._mm(g.t(), x, self.dw_in)  # (3H, H)
 
 
+def recipe_updates(config, params: list):
+    """The recipe's per-step passes over ``params`` and their gradients, as a function of no arguments:
+    clipping by norm, the fused AdamW update and the weight average's lerp."""
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
+    average, current = [p.detach().clone() for p in params], [p.detach() for p in params]
+
+    def update():
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip or 1.0)
+        optimizer.step()
+        torch._foreach_lerp_(average, current, 1 - (config.ema_decay or 0.999))
+
+    update.optimizer = optimizer  # for zero_grad
+    return update
+
+
 def recipe_updates_s(config, vocab_size: int, steps: int) -> float:
     """Seconds for ``steps`` of the recipe's per-step weight passes (clipping, fused AdamW, the average)."""
     from namegen.model import GRULanguageModel
@@ -122,42 +137,31 @@ def recipe_updates_s(config, vocab_size: int, steps: int) -> float:
     params = list(model.parameters())
     for p in params:
         p.grad = torch.randn_like(p) * 1e-2  # norms above grad_clip: the clipping's multiply runs, as for large
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
-    average, current = [p.detach().clone() for p in params], [p.detach() for p in params]
-
-    def step():
-        torch.nn.utils.clip_grad_norm_(params, config.grad_clip or 1.0)
-        optimizer.step()
-        torch._foreach_lerp_(average, current, 1 - (config.ema_decay or 0.999))
-
+    update = recipe_updates(config, params)
     for _ in range(3):  # warm-up
-        step()
+        update()
     t0 = time.perf_counter()
     for _ in range(steps):
-        step()
+        update()
     return time.perf_counter() - t0
 
 
 def recipe_step(config, vocab_size: int, dtype: torch.dtype):
     """The size's training step with no Trainer, as a function of one batch (x, y): the model's loss (under
-    bf16 autocast for a bf16 floor), backward, clipping by norm, fused AdamW, zero_grad, the average's lerp."""
+    bf16 autocast for a bf16 floor), backward, then ``recipe_updates`` and zero_grad."""
     from namegen.model import GRULanguageModel
 
     torch.manual_seed(config.seed)
     model = GRULanguageModel.from_config(config, vocab_size).train()
-    params = list(model.parameters())
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
-    average, current = [p.detach().clone() for p in params], [p.detach() for p in params]
+    update = recipe_updates(config, list(model.parameters()))
 
     def step(batch):
         x, y = batch
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
             loss = model.nll(x, y, IGNORE).mean()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, config.grad_clip or 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-        torch._foreach_lerp_(average, current, 1 - (config.ema_decay or 0.999))
+        update()
+        update.optimizer.zero_grad()
 
     return step
 
@@ -186,7 +190,7 @@ def main(argv=None) -> int:
     p.add_argument("--step", action="store_true",
                    help="also time the size's whole training step on the same batches, with no Trainer")
     args = p.parse_args(argv)
-    sizes, vocab_size, batches = batch_sizes_of_epoch(args.size, Path(args.data))
+    sizes, vocab_size, batches = epoch_batches(args.size, Path(args.data))
     sizes = sizes[: args.limit_batches] if args.limit_batches else sizes
     batches = batches[: len(sizes)]
     config = load_config(args.size)
